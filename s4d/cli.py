@@ -1,0 +1,45 @@
+"""`s4d COMMAND [ARGS]`: one console script over the stage entry points (each is also `python -m MODULE`)."""
+from __future__ import annotations
+
+import importlib.util
+import runpy
+import sys
+
+# command -> (module run as __main__, what it does)
+COMMANDS = {
+    "generate": ("s4d.data.synthetic", "render the embedded synthetic expression dataset (data/synthetic)"),
+    "faces": ("s4d.data.preprocess", "detect, align and crop faces in a folder of videos/images"),
+    "validate": ("s4d.data.validate", "check dataset manifests with Great Expectations (writes Data Docs)"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    rows = "\n".join(f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items())
+    return (f"usage: s4d COMMAND [ARGS]\n\ncommands:\n{rows}\n\n"
+            "`s4d COMMAND --help` explains a command's arguments. Hyperparameters come from params.yaml.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"s4d: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = COMMANDS[command][0]
+    if importlib.util.find_spec(module) is None:
+        print(f"s4d: command {command!r} needs {module}, which this installation lacks", file=sys.stderr)
+        return 2
+    sys.argv = [f"s4d {command}", *rest]
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""Typed configuration: `params.yaml` loaded into structured dataclasses.
+
+Every hyperparameter lives in params.yaml. Loading merges it onto these dataclasses, so an unknown key or
+a wrong type fails at load time, and `check_ranges` rejects out-of-range values. Each error names the
+full key (e.g. `models.tiny.moae.top_k`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from s4d.data.synthetic.config import SyntheticConfig
+
+
+class ConfigError(ValueError):
+    """A params file or override that does not fit the schema."""
+
+
+def rng(default: Any, lo: float | None = None, hi: float | None = None, choices: tuple | None = None):
+    """A dataclass field with an allowed range (inclusive) or a fixed set of choices."""
+    return field(default=default, metadata={"lo": lo, "hi": hi, "choices": choices})
+
+
+# ---------------------------------------------------------------------------------------------- model
+@dataclass
+class MoAEConfig:
+    layers: int = rng(3, 0, 64)  # MoAE on the last `layers` blocks; 0 = vanilla multi-task (no MoAE)
+    experts: int = rng(8, 1, 64)
+    top_k: int = rng(2, 1, 8)
+    bottleneck: int = rng(48, 1, 4096)
+    capacity_factor: float = rng(1.25, 0.1, 16.0)  # slots per expert = factor * tokens * top_k / experts
+
+
+@dataclass
+class ModelConfig:
+    img_size: int = rng(64, 16, 1024)
+    patch_size: int = rng(8, 2, 64)
+    num_frames: int = rng(8, 2, 128)
+    tubelet_size: int = rng(2, 1, 8)
+    embed_dim: int = rng(192, 16, 4096)
+    depth: int = rng(6, 1, 64)
+    num_heads: int = rng(3, 1, 64)
+    mlp_ratio: float = rng(4.0, 0.5, 16.0)
+    drop_path: float = rng(0.1, 0.0, 0.9)
+    # sincos3d: separate time/height/width channels; sincos_flat: over the flattened token index, as in
+    # the published VideoMAE / MAE-DFER / S4D checkpoints (use it when loading those).
+    pos_embed: str = rng("sincos3d", choices=("sincos3d", "sincos_flat"))
+    decoder_dim: int = rng(128, 16, 4096)
+    decoder_depth: int = rng(2, 1, 32)
+    decoder_heads: int = rng(4, 1, 64)
+    moae: MoAEConfig = field(default_factory=MoAEConfig)
+
+
+def tiny_profile() -> ModelConfig:
+    return ModelConfig()
+
+
+def base_profile() -> ModelConfig:
+    """The paper: ViT-B/16 at 160 px, 16 frames, decoder 4 x 384, MoAE 8 experts top-2 on blocks 6-11."""
+    return ModelConfig(
+        img_size=160, patch_size=16, num_frames=16, tubelet_size=2, embed_dim=768, depth=12, num_heads=12,
+        drop_path=0.1, decoder_dim=384, decoder_depth=4, decoder_heads=6,
+        moae=MoAEConfig(layers=6, experts=8, top_k=2, bottleneck=192),
+    )
+
+
+# ----------------------------------------------------------------------------------------------- data
+@dataclass
+class DatasetConfig:
+    reader: str = "synthetic_video"  # a name in s4d.data.readers.READERS
+    root: str = "data/synthetic/videos"
+    fold: int = rng(1, 1, 5)  # for 5-fold datasets (DFEW, MAFW)
+
+
+@dataclass
+class DataConfig:
+    dynamic: DatasetConfig = field(default_factory=DatasetConfig)
+    static: DatasetConfig = field(
+        default_factory=lambda: DatasetConfig(reader="synthetic_image", root="data/synthetic/images"))
+    prepared_dir: str = "artifacts/prepared"
+    val_fraction: float = rng(0.15, 0.0, 0.5)  # carved from train when the dataset has no val split
+    frame_stride: int = rng(2, 1, 16)  # sample every n-th frame for a clip
+    workers: int = rng(2, 0, 64)
+    balanced_sampling: bool = False
+
+
+# ------------------------------------------------------------------------------------------- training
+@dataclass
+class PretrainConfig:
+    epochs: int = rng(4, 1, 10000)
+    batch_size: int = rng(16, 1, 4096)  # per rank
+    image_batch_size: int = rng(64, 1, 16384)  # per rank; images are 1 tubelet, so they are cheap
+    image_step_share: float = rng(0.5, 0.0, 1.0)  # share of steps that are image steps
+    video_mask_ratio: float = rng(0.9, 0.0, 0.99)
+    image_mask_ratio: float = rng(0.75, 0.0, 0.99)
+    tube_masking: bool = False
+    base_lr: float = rng(1.5e-4, 0.0, 1.0)  # lr = base_lr * global_batch / 256
+    min_lr: float = rng(1e-6, 0.0, 1.0)
+    weight_decay: float = rng(0.05, 0.0, 1.0)
+    warmup_epochs: float = rng(1.0, 0.0, 1000.0)
+    clip_grad: float = rng(1.0, 0.0, 1000.0)
+    zero_stage: int = rng(2, 0, 3)
+    bf16: str = rng("auto", choices=("auto", "on", "off"))  # auto: on CUDA with bf16 support
+    checkpoint_every: int = rng(200, 1, 10**9)  # steps
+    keep_last: int = rng(2, 1, 1000)
+    seed: int = 0
+
+
+@dataclass
+class FinetuneConfig:
+    init: str = "pretrain"  # "pretrain" (our MAE output), "scratch", or a path to a checkpoint file
+    epochs: int = rng(10, 1, 10000)
+    batch_size: int = rng(16, 1, 4096)
+    image_batch_size: int = rng(32, 1, 16384)
+    static_share: float = rng(0.5, 0.0, 1.0)  # share of steps on static data; 0 = video-only baseline
+    base_lr: float = rng(5e-4, 0.0, 1.0)
+    min_lr: float = rng(1e-6, 0.0, 1.0)
+    weight_decay: float = rng(0.05, 0.0, 1.0)
+    layer_decay: float = rng(0.75, 0.0, 1.0)
+    warmup_epochs: float = rng(1.0, 0.0, 1000.0)
+    clip_grad: float = rng(1.0, 0.0, 1000.0)
+    balance_weight: float = rng(0.01, 0.0, 10.0)  # MoAE load-balancing loss weight
+    label_smoothing: float = rng(0.1, 0.0, 0.5)
+    mixup: float = rng(0.0, 0.0, 10.0)
+    cutmix: float = rng(0.0, 0.0, 10.0)
+    patience: int = rng(5, 1, 10000)  # epochs without val improvement before stopping
+    select_metric: str = rng("uar", choices=("uar", "war"))
+    bf16: str = rng("auto", choices=("auto", "on", "off"))
+    seed: int = 0
+
+
+@dataclass
+class EvaluateConfig:
+    clips: int = rng(2, 1, 32)  # temporal views per video
+    crops: int = rng(1, 1, 3)  # spatial views per clip (1 = centre; 3 = left/centre/right)
+    batch_size: int = rng(16, 1, 4096)
+
+
+@dataclass
+class Params:
+    profile: str = "tiny"  # key of `models` the stages build
+    models: Dict[str, ModelConfig] = field(
+        default_factory=lambda: {"tiny": tiny_profile(), "base": base_profile()})
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    @property
+    def model(self) -> ModelConfig:
+        return self.models[self.profile]
+
+
+# -------------------------------------------------------------------------------------------- loading
+def check_ranges(obj: Any, prefix: str = "") -> None:
+    """Walk a dataclass tree and raise ConfigError naming the first value outside its declared range."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            check_ranges(value, f"{prefix}{key}.")
+        return
+    if not dataclasses.is_dataclass(obj):
+        return
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), prefix + f.name
+        lo, hi, choices = f.metadata.get("lo"), f.metadata.get("hi"), f.metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+        if lo is not None and value < lo or hi is not None and value > hi:
+            raise ConfigError(f"{key}: {value!r} is outside the allowed range [{lo}, {hi}]")
+        check_ranges(value, key + ".")
+
+
+def check_consistency(p: Params) -> None:
+    if p.profile not in p.models:
+        raise ConfigError(f"profile: {p.profile!r} is not a key of models ({', '.join(p.models)})")
+    for name, m in p.models.items():
+        key = f"models.{name}"
+        if m.img_size % m.patch_size:
+            raise ConfigError(f"{key}.img_size: {m.img_size} is not a multiple of patch_size {m.patch_size}")
+        if m.num_frames % m.tubelet_size:
+            raise ConfigError(f"{key}.num_frames: {m.num_frames} is not a multiple of tubelet_size "
+                              f"{m.tubelet_size}")
+        if m.embed_dim % m.num_heads:
+            raise ConfigError(f"{key}.embed_dim: {m.embed_dim} is not divisible by num_heads {m.num_heads}")
+        if m.decoder_dim % m.decoder_heads:
+            raise ConfigError(f"{key}.decoder_dim: {m.decoder_dim} is not divisible by decoder_heads "
+                              f"{m.decoder_heads}")
+        if m.moae.layers > m.depth:
+            raise ConfigError(f"{key}.moae.layers: {m.moae.layers} exceeds depth {m.depth}")
+        if m.moae.top_k > m.moae.experts:
+            raise ConfigError(f"{key}.moae.top_k: {m.moae.top_k} exceeds experts {m.moae.experts}")
+
+
+def load_params(path: str | Path = "params.yaml", overrides: Optional[List[str]] = None) -> Params:
+    """Load params.yaml (and dotlist overrides such as `finetune.epochs=3`) into a checked `Params`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file {path} does not exist")
+    schema = OmegaConf.structured(Params)
+    try:
+        # A profile in YAML merges onto the built-in one of the same name; a new name starts from
+        # ModelConfig's defaults. Either way it goes through the ModelConfig schema.
+        cfg = OmegaConf.merge(schema, OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides or [])))
+        params: Params = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{path}: {_describe(e)}") from None
+    check_ranges(params)
+    check_consistency(params)
+    return params
+
+
+def _describe(e: OmegaConfBaseException) -> str:
+    """OmegaConf messages carry the key in `full_key`; lead with it."""
+    key = getattr(e, "full_key", None)
+    msg = str(e).split("\n")[0]
+    return f"{key}: {msg}" if key else msg
+
+
+def to_dict(obj: Any) -> dict:
+    """A plain-dict copy (for checkpoints, logs and metrics files)."""
+    return OmegaConf.to_container(OmegaConf.structured(obj), resolve=True)
+
+
+def model_from_dict(d: dict) -> ModelConfig:
+    """Rebuild a ModelConfig stored in a checkpoint, checked like the params file."""
+    try:
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), d))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"checkpoint model config: {_describe(e)}") from None
+    check_ranges(cfg, "model.")
+    return cfg

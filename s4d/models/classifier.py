@@ -1,0 +1,52 @@
+"""S4D classifier: the shared backbone with MoAE on its last blocks and one head per task.
+
+Images go to the static (SFER) head, videos to the dynamic (DFER) head. Baselines come from the
+config alone: `moae.layers = 0` is vanilla multi-task, `num_static_classes = 0` is video-only.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from s4d.config import ModelConfig
+from s4d.models.vit import VideoViT, init_weights
+
+
+class S4DClassifier(VideoViT):
+    def __init__(self, cfg: ModelConfig, num_dynamic_classes: int, num_static_classes: int = 0):
+        super().__init__(cfg, moae_layers=cfg.moae.layers, drop_path=cfg.drop_path)
+        if num_dynamic_classes < 2:
+            raise ValueError(f"num_dynamic_classes must be >= 2, got {num_dynamic_classes}")
+        self.num_dynamic_classes, self.num_static_classes = num_dynamic_classes, num_static_classes
+        self.fc_norm = nn.LayerNorm(cfg.embed_dim)
+        self.head_dynamic = nn.Linear(cfg.embed_dim, num_dynamic_classes)
+        self.head_static = nn.Linear(cfg.embed_dim, num_static_classes) if num_static_classes else None
+        self.apply(init_weights)
+        for layer in self.moae_layers():  # init_weights does not touch the stacked experts; be explicit
+            layer.experts.reset_output()
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean-pooled, normalised token features (B, D)."""
+        tokens = self.embed(x)
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self.fc_norm(tokens.mean(dim=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.features(x)
+        if x.ndim == 5:
+            return self.head_dynamic(feats)
+        if self.head_static is None:
+            raise ValueError("this model is video-only (num_static_classes = 0): it has no head for images")
+        return self.head_static(feats)
+
+    def balance_loss(self) -> torch.Tensor:
+        """Sum of the MoAE load-balancing losses of the last forward (0 without MoAE)."""
+        losses = [layer.balance_loss for layer in self.moae_layers()]
+        return torch.stack(losses).sum() if losses else torch.zeros(())
+
+    def routing_stats(self) -> list[dict]:
+        """Per MoAE layer: assignments per expert and assignments dropped over capacity (last forward)."""
+        first = self.cfg.depth - self.cfg.moae.layers
+        return [{"block": first + i, "load": layer.load.tolist(), "dropped": int(layer.dropped)}
+                for i, layer in enumerate(self.moae_layers())]

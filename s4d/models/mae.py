@@ -1,0 +1,131 @@
+"""Dual-modal masked autoencoder: one encoder for face images and face videos.
+
+patchify -> per-sample random (or tube) masking with exact visible counts -> encoder on visible tokens ->
+decoder with a learned mask token -> per-patch normalised pixel targets -> MSE on masked tokens only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from s4d.config import ModelConfig
+from s4d.models.vit import VideoViT, as_clip, init_weights, position_table
+
+
+@dataclass
+class MAEOutput:
+    loss: torch.Tensor  # scalar: mean over masked tokens
+    pred: torch.Tensor  # (B, N, tubelet*patch*patch*3) predicted normalised pixels
+    target: torch.Tensor  # (B, N, tubelet*patch*patch*3)
+    mask: torch.Tensor  # (B, N) True where the token was hidden from the encoder
+
+
+def patchify(clip: torch.Tensor, tubelet: int, patch: int) -> torch.Tensor:
+    """(B, C, T, H, W) -> (B, N, tubelet*patch*patch, C), tokens ordered t, h, w as the embedding."""
+    b, c, t, h, w = clip.shape
+    x = clip.reshape(b, c, t // tubelet, tubelet, h // patch, patch, w // patch, patch)
+    x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)  # b, t', h', w', tubelet, patch, patch, c
+    return x.reshape(b, (t // tubelet) * (h // patch) * (w // patch), tubelet * patch * patch, c)
+
+
+def normalised_targets(clip: torch.Tensor, tubelet: int, patch: int) -> torch.Tensor:
+    """Per-patch, per-channel normalised pixels, flattened per token (VideoMAE's target)."""
+    patches = patchify(clip.float(), tubelet, patch)
+    mean = patches.mean(dim=-2, keepdim=True)
+    std = patches.var(dim=-2, unbiased=True, keepdim=True).add(1e-6).sqrt()
+    return ((patches - mean) / std).flatten(2)
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the masked tokens only (visible tokens are not scored)."""
+    per_token = (pred.float() - target).pow(2).mean(dim=-1)
+    return (per_token * mask).sum() / mask.sum()
+
+
+def visible_count(num_tokens: int, mask_ratio: float) -> int:
+    return max(1, int(round(num_tokens * (1.0 - mask_ratio))))
+
+
+def random_masking(batch: int, grid_t: int, tokens_per_slice: int, mask_ratio: float, tube: bool,
+                   device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Indices (B, n_visible) of visible tokens, sorted. Tube masking hides the same patch in every slice."""
+    if tube:
+        keep = visible_count(tokens_per_slice, mask_ratio)
+        noise = torch.rand(batch, tokens_per_slice, device=device, generator=generator)
+        spatial = noise.argsort(dim=1)[:, :keep]
+        offsets = torch.arange(grid_t, device=device) * tokens_per_slice
+        ids = (offsets[None, :, None] + spatial[:, None, :]).reshape(batch, -1)
+    else:
+        num = grid_t * tokens_per_slice
+        noise = torch.rand(batch, num, device=device, generator=generator)
+        ids = noise.argsort(dim=1)[:, : visible_count(num, mask_ratio)]
+    return ids.sort(dim=1).values
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.register_buffer("pos_embed", position_table(cfg, cfg.decoder_dim)[None], persistent=False)
+        self.blocks = nn.ModuleList([Block(cfg.decoder_dim, cfg.decoder_heads, cfg.mlp_ratio, qkv_bias=True)
+                                     for _ in range(cfg.decoder_depth)])
+        self.norm = nn.LayerNorm(cfg.decoder_dim)
+        self.head = nn.Linear(cfg.decoder_dim, cfg.tubelet_size * cfg.patch_size ** 2 * 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.pos_embed[:, : x.shape[1]].to(x.dtype)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x))
+
+
+class MaskedAutoencoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = VideoViT(cfg, final_norm=True)
+        self.encoder_to_decoder = nn.Linear(cfg.embed_dim, cfg.decoder_dim, bias=False)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_dim))
+        self.decoder = Decoder(cfg)
+        self.apply(init_weights)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    def forward(self, x: torch.Tensor, mask_ratio: float, tube: bool = False,
+                generator: torch.Generator | None = None) -> MAEOutput:
+        """One modality: images (B, C, H, W) or videos (B, C, T, H, W) with values already normalised."""
+        cfg = self.cfg
+        clip = as_clip(x, cfg.tubelet_size)
+        tokens = self.encoder.embed(clip)
+        batch, num, dim = tokens.shape
+        per_slice = self.encoder.tokens_per_slice
+        visible_ids = random_masking(batch, num // per_slice, per_slice, mask_ratio, tube, x.device, generator)
+
+        latent = tokens.gather(1, visible_ids[..., None].expand(-1, -1, dim))
+        for block in self.encoder.blocks:
+            latent = block(latent)
+        latent = self.encoder_to_decoder(self.encoder.norm(latent))
+
+        # Full sequence for the decoder: mask tokens everywhere, visible latents at their own positions.
+        full = self.mask_token.to(latent.dtype).expand(batch, num, -1).clone()
+        full.scatter_(1, visible_ids[..., None].expand(-1, -1, latent.shape[-1]), latent)
+        pred = self.decoder(full)
+
+        mask = torch.ones(batch, num, dtype=torch.bool, device=x.device)
+        mask.scatter_(1, visible_ids, False)
+        target = normalised_targets(clip, cfg.tubelet_size, cfg.patch_size)
+        return MAEOutput(masked_mse(pred, target, mask), pred, target, mask)
+
+    def mixed_loss(self, videos: torch.Tensor | None, images: torch.Tensor | None, video_mask_ratio: float,
+                   image_mask_ratio: float, tube: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+        """One step over either or both modalities: the mean of the per-modality losses."""
+        losses = {}
+        if videos is not None:
+            losses["video"] = self(videos, video_mask_ratio, tube).loss
+        if images is not None:
+            losses["image"] = self(images, image_mask_ratio).loss
+        if not losses:
+            raise ValueError("mixed_loss needs videos, images or both")
+        total = torch.stack(list(losses.values())).mean()
+        return total, {name: loss.item() for name, loss in losses.items()}

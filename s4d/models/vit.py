@@ -1,0 +1,115 @@
+"""Video ViT backbone shared by images and videos: tubelet embedding, fixed sin-cos positions, timm blocks.
+
+An image is a clip of one tubelet (repeated to `tubelet_size` frames) and uses the first temporal slice of
+the position table, so images and videos share every weight.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from s4d.config import ModelConfig
+from s4d.models.moae import MoAEBlock
+
+
+def sincos_1d(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """(n,) positions -> (n, dim) sin/cos features at geometric frequencies (dim must be even)."""
+    freqs = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim // 2))
+    angles = positions.double()[:, None] * freqs[None]
+    return torch.cat([angles.sin(), angles.cos()], dim=1).float()
+
+
+def sincos_3d_table(grid: tuple[int, int, int], dim: int) -> torch.Tensor:
+    """(t*h*w, dim) table: a quarter of the channels encode time, the rest height and width equally."""
+    dim_t = dim // 4 // 2 * 2
+    dim_h = (dim - dim_t) // 2 // 2 * 2
+    dim_w = dim - dim_t - dim_h
+    if dim_w % 2:
+        raise ValueError(f"embed_dim {dim} cannot be split into even t/h/w parts")
+    t, h, w = grid
+    tt, hh, ww = torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
+    return torch.cat([sincos_1d(tt.flatten(), dim_t), sincos_1d(hh.flatten(), dim_h),
+                      sincos_1d(ww.flatten(), dim_w)], dim=1)
+
+
+def sincos_flat_table(n: int, dim: int) -> torch.Tensor:
+    """(n, dim) table over the flattened token index, as VideoMAE / MAE-DFER / S4D checkpoints expect."""
+    return sincos_1d(torch.arange(n), dim)
+
+
+def position_table(cfg: ModelConfig, dim: int) -> torch.Tensor:
+    grid = (cfg.num_frames // cfg.tubelet_size, cfg.img_size // cfg.patch_size, cfg.img_size // cfg.patch_size)
+    if cfg.pos_embed == "sincos3d":
+        return sincos_3d_table(grid, dim)
+    return sincos_flat_table(math.prod(grid), dim)
+
+
+def as_clip(x: torch.Tensor, tubelet_size: int) -> torch.Tensor:
+    """(B, C, H, W) images become (B, C, tubelet, H, W) clips of one tubelet; clips pass through."""
+    if x.ndim == 4:
+        return x.unsqueeze(2).expand(-1, -1, tubelet_size, -1, -1)
+    if x.ndim != 5:
+        raise ValueError(f"expected images (B, C, H, W) or videos (B, C, T, H, W), got shape {tuple(x.shape)}")
+    return x
+
+
+class TubeletEmbed(nn.Module):
+    def __init__(self, cfg: ModelConfig, in_chans: int = 3):
+        super().__init__()
+        kernel = (cfg.tubelet_size, cfg.patch_size, cfg.patch_size)
+        self.proj = nn.Conv3d(in_chans, cfg.embed_dim, kernel_size=kernel, stride=kernel)
+
+    def forward(self, clip: torch.Tensor) -> torch.Tensor:
+        return self.proj(clip).flatten(2).transpose(1, 2)  # (B, N, D), N ordered t, h, w
+
+
+def init_weights(module: nn.Module) -> None:
+    """ViT/MAE initialisation: truncated-normal linears, xavier tubelet projection, unit LayerNorms."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Conv3d):
+        nn.init.xavier_uniform_(module.weight.view(module.weight.shape[0], -1))
+        nn.init.zeros_(module.bias)
+
+
+class VideoViT(nn.Module):
+    """Tubelet embedding + fixed positions + blocks; the last `moae_layers` blocks carry MoAE."""
+
+    def __init__(self, cfg: ModelConfig, moae_layers: int = 0, drop_path: float = 0.0, final_norm: bool = False):
+        super().__init__()
+        self.cfg = cfg
+        self.patch_embed = TubeletEmbed(cfg)
+        self.tokens_per_slice = (cfg.img_size // cfg.patch_size) ** 2
+        self.register_buffer("pos_embed", position_table(cfg, cfg.embed_dim)[None], persistent=False)
+        rates = torch.linspace(0, drop_path, cfg.depth).tolist()  # stochastic depth grows with depth
+        first_moae = cfg.depth - moae_layers
+        self.blocks = nn.ModuleList([
+            MoAEBlock(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, rates[i], cfg.moae) if i >= first_moae
+            else Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, qkv_bias=True, drop_path=rates[i])
+            for i in range(cfg.depth)
+        ])
+        self.norm = nn.LayerNorm(cfg.embed_dim) if final_norm else nn.Identity()
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Images or videos -> (B, N, D) tokens with positions (a clip may be shorter than num_frames)."""
+        cfg = self.cfg
+        clip = as_clip(x, cfg.tubelet_size)
+        _, channels, frames, height, width = clip.shape
+        if height != cfg.img_size or width != cfg.img_size:
+            raise ValueError(f"expected {cfg.img_size}x{cfg.img_size} frames, got {height}x{width}")
+        if frames % cfg.tubelet_size or frames > cfg.num_frames:
+            raise ValueError(f"expected a multiple of {cfg.tubelet_size} frames, at most {cfg.num_frames}; "
+                             f"got {frames}")
+        tokens = self.patch_embed(clip)
+        return tokens + self.pos_embed[:, : tokens.shape[1]].to(tokens.dtype)
+
+    def moae_layers(self) -> list[nn.Module]:
+        return [b.moe_layer for b in self.blocks if isinstance(b, MoAEBlock)]

@@ -1,0 +1,296 @@
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from s4d.config import MoAEConfig, base_profile, tiny_profile
+from s4d.models import MaskedAutoencoder, S4DClassifier
+from s4d.models.checkpoint import (CheckpointError, build_model, init_classifier, read_checkpoint,
+                                   save_checkpoint, to_published)
+from s4d.models.mae import masked_mse, patchify, random_masking, visible_count
+from s4d.models.moae import MoAELayer
+
+torch.manual_seed(0)
+
+
+def small_cfg(**moae):
+    """The tiny profile, made smaller still so a test forward takes milliseconds."""
+    cfg = tiny_profile()
+    return dataclasses.replace(cfg, img_size=32, num_frames=4, embed_dim=64, depth=4, num_heads=2, drop_path=0.0,
+                               decoder_dim=32, decoder_depth=1, decoder_heads=2,
+                               moae=dataclasses.replace(cfg.moae, layers=2, bottleneck=16, **moae))
+
+
+def videos(b=2, cfg=None):
+    cfg = cfg or small_cfg()
+    return torch.randn(b, 3, cfg.num_frames, cfg.img_size, cfg.img_size)
+
+
+def images(b=3, cfg=None):
+    cfg = cfg or small_cfg()
+    return torch.randn(b, 3, cfg.img_size, cfg.img_size)
+
+
+def trained_like(model):
+    """Give zero-initialised experts non-zero weights, so MoAE actually changes the output."""
+    with torch.no_grad():
+        for layer in model.moae_layers():
+            layer.experts.fc2.weight.normal_(0, 0.05)
+            layer.experts.fc2.bias.normal_(0, 0.05)
+    return model
+
+
+# --------------------------------------------------------------------------------------------- shapes
+def test_classifier_shapes_for_both_modalities():
+    model = S4DClassifier(small_cfg(), num_dynamic_classes=7, num_static_classes=11).eval()
+    assert model(videos(2)).shape == (2, 7)
+    assert model(images(3)).shape == (3, 11)
+
+
+def test_mae_shapes_and_per_token_targets():
+    cfg = small_cfg()
+    mae = MaskedAutoencoder(cfg)
+    per_token = cfg.tubelet_size * cfg.patch_size ** 2 * 3
+    tokens_per_slice = (cfg.img_size // cfg.patch_size) ** 2
+    out = mae(videos(2), 0.75)
+    assert out.pred.shape == out.target.shape == (2, tokens_per_slice * cfg.num_frames // 2, per_token)
+    out = mae(images(3), 0.75)
+    assert out.pred.shape == (3, tokens_per_slice, per_token)
+    # targets are normalised per patch and channel
+    t = out.target.view(3, tokens_per_slice, -1, 3)
+    assert torch.allclose(t.mean(dim=2), torch.zeros(()), atol=1e-4)
+
+
+def test_wrong_input_shapes_name_the_expectation():
+    model = S4DClassifier(small_cfg(), 7)
+    with pytest.raises(ValueError, match="32x32"):
+        model(torch.randn(1, 3, 4, 48, 48))
+    with pytest.raises(ValueError, match="at most 4"):
+        model(torch.randn(1, 3, 6, 32, 32))
+    with pytest.raises(ValueError, match="no head for images"):
+        model(images(1))
+
+
+# -------------------------------------------------------------------------------------------- masking
+def test_exact_visible_counts_at_base():
+    base = base_profile()
+    slices, per_slice = base.num_frames // base.tubelet_size, (base.img_size // base.patch_size) ** 2
+    assert slices * per_slice == 800 and per_slice == 100
+    assert random_masking(4, slices, per_slice, 0.95, False, torch.device("cpu")).shape == (4, 40)
+    assert random_masking(4, 1, per_slice, 0.90, False, torch.device("cpu")).shape == (4, 10)
+    ids = random_masking(3, slices, per_slice, 0.9, True, torch.device("cpu"))
+    assert ids.shape == (3, 8 * 10)  # tube: 10 patches visible in each of the 8 slices
+    spatial = ids % per_slice
+    assert all(len(set(row.tolist())) == 10 for row in spatial)  # the same patches in every slice
+    # per-sample masks differ
+    assert not torch.equal(ids[0], ids[1])
+
+
+def test_mae_encoder_sees_only_visible_tokens():
+    cfg = small_cfg()
+    mae = MaskedAutoencoder(cfg).eval()
+    x = videos(2)
+    out = mae(x, 0.75, generator=torch.Generator().manual_seed(1))
+    n_visible = visible_count(out.mask.shape[1], 0.75)
+    assert ((~out.mask).sum(dim=1) == n_visible).all()
+
+    # Change only the pixels of masked tokens: predictions must not move (the encoder never saw them),
+    # while the targets of the masked tokens do.
+    patches = patchify(x, cfg.tubelet_size, cfg.patch_size).clone()
+    patches[out.mask] += 5 * torch.randn_like(patches[out.mask])
+    b, c, t, h, w = x.shape
+    p, tub = cfg.patch_size, cfg.tubelet_size
+    changed = patches.view(b, t // tub, h // p, w // p, tub, p, p, c).permute(0, 7, 1, 4, 2, 5, 3, 6)
+    changed = changed.reshape(b, c, t, h, w)
+    assert not torch.allclose(changed, x)
+    out2 = mae(changed, 0.75, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out2.mask, out.mask)
+    assert torch.allclose(out2.pred, out.pred, atol=1e-5)
+    assert not torch.allclose(out2.target[out.mask], out.target[out.mask])
+    assert torch.equal(out2.target[~out.mask], out.target[~out.mask])
+
+
+def test_mae_loss_counts_masked_tokens_only():
+    """Changing the visible tokens' part of the target (the pixels the encoder saw) leaves the loss
+    unchanged: only masked tokens are scored."""
+    cfg = small_cfg()
+    mae = MaskedAutoencoder(cfg).eval()
+    out = mae(videos(2), 0.75, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(masked_mse(out.pred, out.target, out.mask), out.loss)
+    target = out.target.clone()
+    target[~out.mask] = torch.randn_like(target[~out.mask])
+    assert torch.allclose(masked_mse(out.pred, target, out.mask), out.loss)
+    target[out.mask] += 1.0
+    assert not torch.allclose(masked_mse(out.pred, target, out.mask), out.loss)
+
+
+def test_mixed_image_and_video_step_trains_both():
+    mae = MaskedAutoencoder(small_cfg())
+    loss, parts = mae.mixed_loss(videos(2), images(4), 0.9, 0.75, tube=True)
+    loss.backward()
+    assert set(parts) == {"video", "image"}
+    assert math.isclose(loss.item(), (parts["video"] + parts["image"]) / 2, rel_tol=1e-5)
+    assert mae.encoder.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert mae.mask_token.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------------------------------------- MoAE
+def test_router_gates_sum_to_one_and_capacity_holds():
+    layer = MoAELayer(32, MoAEConfig(layers=1, experts=4, top_k=2, bottleneck=8, capacity_factor=0.5)).train()
+    h = torch.randn(4, 50, 32)
+    routing = layer.router(h.reshape(-1, 32))
+    assert torch.allclose(routing.gates.sum(-1), torch.ones(200))
+    assert (routing.experts[:, 0] != routing.experts[:, 1]).all()
+    layer(h)
+    capacity = layer.capacity(200)
+    assert capacity == math.ceil(0.5 * 200 * 2 / 4)
+    kept = layer.load.clamp(max=capacity)
+    assert int(layer.load.sum()) == 400
+    assert int(layer.dropped) == int(layer.load.sum() - kept.sum()) > 0  # factor 0.5 must drop
+
+
+def test_dropped_assignments_contribute_nothing():
+    cfg = MoAEConfig(layers=1, experts=2, top_k=1, bottleneck=8, capacity_factor=1.0)
+    layer = MoAELayer(16, cfg).eval()
+    with torch.no_grad():
+        layer.router.topkroute_linear.weight.zero_()
+        layer.router.topkroute_linear.bias.copy_(torch.tensor([5.0, 0.0]))  # everyone wants expert 0
+        layer.experts.fc2.weight.normal_()
+    out = layer(torch.randn(1, 10, 16))
+    capacity = layer.capacity(10)  # ceil(1.0 * 10 * 1 / 2) = 5
+    assert int(layer.dropped) == 10 - capacity
+    assert (out[0, :capacity].abs().sum(-1) > 0).all()  # first come, first served
+    assert (out[0, capacity:] == 0).all()
+
+
+def test_balance_loss_is_minimal_for_uniform_routing():
+    cfg = MoAEConfig(layers=1, experts=8, top_k=2, bottleneck=8, capacity_factor=4.0)
+    layer = MoAELayer(16, cfg).eval()
+    h = torch.randn(2, 64, 16)
+    with torch.no_grad():
+        layer.router.topkroute_linear.weight.zero_()
+        layer.router.topkroute_linear.bias.zero_()
+    layer(h)
+    uniform = layer.balance_loss.item()
+    assert math.isclose(uniform, 1.0, rel_tol=1e-6)
+    for skew in (0.5, 2.0, 8.0):
+        with torch.no_grad():
+            layer.router.topkroute_linear.bias.copy_(torch.linspace(skew, 0, 8))
+        layer(h)
+        assert layer.balance_loss.item() > uniform
+    with torch.no_grad():
+        layer.router.topkroute_linear.weight.normal_()
+    layer(h)
+    assert layer.balance_loss.item() > uniform
+
+
+def test_eval_is_deterministic_and_training_routing_is_noisy():
+    model = trained_like(S4DClassifier(small_cfg(), 7, 7))
+    x = videos(2)
+    model.eval()
+    assert torch.equal(model(x), model(x))
+    model.train()
+    torch.manual_seed(0)
+    a = model(x)
+    torch.manual_seed(1)
+    b = model(x)
+    assert not torch.allclose(a, b)  # drop_path is 0, so only router noise differs
+
+
+def test_moae_is_identity_at_init():
+    """At step 0, MoAE adds nothing: the network computes what the plain encoder computes."""
+    cfg = small_cfg()
+    plain = S4DClassifier(dataclasses.replace(cfg, moae=dataclasses.replace(cfg.moae, layers=0)), 7, 7).eval()
+    with_moae = S4DClassifier(cfg, 7, 7).eval()
+    report = with_moae.load_state_dict(plain.state_dict(), strict=False)
+    assert report.unexpected_keys == [] and all(".moe_layer." in k for k in report.missing_keys)
+    for x in (videos(2), images(2)):
+        assert torch.allclose(with_moae(x), plain(x), atol=1e-6)
+    trained_like(with_moae)
+    assert not torch.allclose(with_moae(videos(2)), plain(videos(2)), atol=1e-4)
+
+
+def test_baseline_switches_change_the_model():
+    cfg = small_cfg()
+    s4d = S4DClassifier(cfg, 7, 7)
+    vanilla = S4DClassifier(dataclasses.replace(cfg, moae=dataclasses.replace(cfg.moae, layers=0)), 7, 7)
+    video_only = S4DClassifier(dataclasses.replace(cfg, moae=dataclasses.replace(cfg.moae, layers=0)), 7, 0)
+    assert len(s4d.moae_layers()) == 2 and vanilla.moae_layers() == [] and video_only.head_static is None
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(s4d) > count(vanilla) > count(video_only)
+
+
+def test_base_parameter_counts():
+    model = S4DClassifier(base_profile(), 7, 7)
+    moae = sum(p.numel() for n, p in model.named_parameters() if ".moe_layer." in n)
+    encoder = sum(p.numel() for n, p in model.named_parameters()
+                  if ".moe_layer." not in n and not n.startswith(("head_", "fc_norm")))
+    assert 85.5e6 < encoder < 87.0e6  # ViT-B/16 with a 2-frame tubelet embedding
+    assert 13.5e6 < moae < 15.0e6  # 6 layers x 8 experts x (768*192*2) + routers
+
+
+# ---------------------------------------------------------------------------------------- checkpoints
+def test_checkpoint_round_trip(tmp_path):
+    model = trained_like(S4DClassifier(small_cfg(), 7, 5)).eval()
+    save_checkpoint(tmp_path / "c.pt", model, meta={"step": 3})
+    ckpt = read_checkpoint(tmp_path / "c.pt")
+    assert ckpt["format_version"] == 1 and ckpt["meta"] == {"step": 3}
+    loaded = build_model(ckpt).eval()
+    assert loaded.cfg == model.cfg
+    for x in (videos(2), images(2)):
+        assert torch.equal(loaded(x), model(x))
+    assert not list(tmp_path.glob(".*tmp*"))  # nothing left behind by the atomic write
+
+
+def test_loading_is_strict_and_names_keys(tmp_path):
+    model = S4DClassifier(small_cfg(), 7, 5)
+    sd = model.state_dict()
+    sd["blocks.0.mlp.fc1.weight"] = sd["blocks.0.mlp.fc1.weight"][:-1]
+    torch.save(sd, tmp_path / "shape.pt")
+    with pytest.raises(CheckpointError, match=r"blocks\.0\.mlp\.fc1\.weight has shape"):
+        init_classifier(S4DClassifier(small_cfg(), 7, 5), tmp_path / "shape.pt")
+    # The published code's flaw: expert keys that do not match left the experts silently random.
+    published = to_published(model.state_dict())
+    renamed = {k.replace("moe_layer.experts.", "moe_layer.expert."): v for k, v in published.items()}
+    torch.save({"model": renamed}, tmp_path / "renamed.pt")
+    with pytest.raises(CheckpointError, match=r"(?s)missing \(8\).*experts\.fc1.*unexpected \(64\).*expert\.N\.fc1"):
+        init_classifier(S4DClassifier(small_cfg(), 7, 5), tmp_path / "renamed.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pt is not a readable"):
+        read_checkpoint(tmp_path / "junk.pt")
+
+
+def test_published_classifier_state_dict_loads_back_identically(tmp_path):
+    model = trained_like(S4DClassifier(small_cfg(), 7, 5)).eval()
+    published = to_published(model.state_dict())
+    assert "blocks.0.attn.q_bias" in published and "blocks.0.attn.qkv.bias" not in published
+    assert "blocks.3.moe_layer.experts.7.fc1.weight" in published
+    assert "blocks.3.moe_layer.router.noise_linear.weight" in published and "head.weight" in published
+    torch.save({"module": published}, tmp_path / "published.pt")
+    fresh = S4DClassifier(small_cfg(), 7, 5).eval()
+    report = init_classifier(fresh, tmp_path / "published.pt")
+    assert report.fresh == [] and report.ignored == []
+    for x in (videos(2), images(2)):
+        assert torch.allclose(fresh(x), model(x), atol=1e-5)
+
+
+def test_classifier_starts_from_pretraining_exactly(tmp_path):
+    """A published pretraining file (encoder.*, decoder.*) initialises the classifier, whose tokens then
+    equal the pretrained encoder's; MoAE, heads and fc_norm are reported as fresh."""
+    cfg = small_cfg()
+    mae = MaskedAutoencoder(cfg).eval()
+    torch.save({"model": to_published(mae.state_dict())}, tmp_path / "pretrain.pt")
+    model = S4DClassifier(cfg, 7, 7).eval()
+    report = init_classifier(model, tmp_path / "pretrain.pt")
+    assert any(".moe_layer." in k for k in report.fresh) and "fc_norm.weight" in report.fresh
+    assert any(k.startswith("decoder.") for k in report.ignored) and "mask_token" in report.ignored
+    x = videos(2)
+    ours, theirs = model.embed(x), mae.encoder.embed(x)
+    for ours_block, their_block in zip(model.blocks, mae.encoder.blocks):
+        ours, theirs = ours_block(ours), their_block(theirs)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    save_checkpoint(tmp_path / "ours.pt", mae)  # our own MAE format gives the same
+    again = S4DClassifier(cfg, 7, 7).eval()
+    init_classifier(again, tmp_path / "ours.pt")
+    assert torch.equal(again.blocks[0].attn.qkv.weight, mae.encoder.blocks[0].attn.qkv.weight)
