@@ -1,0 +1,72 @@
+"""The manifest: one row per sample of a dataset, the contract between readers and everything after.
+
+Columns (see `COLUMNS`):
+    id          unique within the manifest (dataset-native: clip id, clip path, image name)
+    path        relative to the dataset root: a frame folder, an image file or a video file
+    label       index into the label set; label_name is the set's name for that index
+    label_set   a key of s4d.data.labels.LABEL_SETS, or an ad-hoc `folder:a,b,c` key
+    modality    "video" | "image"
+    split       "train" | "val" | "test"
+    fold        the dataset's fold, 0 if it has none
+    num_frames  frames in the folder or video; 1 for images
+    height, width  of the first frame / the image
+    source      the reader that produced the row
+    group       identity (for identity-disjoint splits), "" when unknown
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+COLUMNS = ["id", "path", "label", "label_name", "label_set", "modality", "split", "fold", "num_frames",
+           "height", "width", "source", "group"]
+INT_COLUMNS = ["label", "fold", "num_frames", "height", "width"]
+STR_COLUMNS = [c for c in COLUMNS if c not in INT_COLUMNS]
+SPLITS = ("train", "val", "test")
+MODALITIES = ("video", "image")
+
+
+def make_manifest(rows: list[dict]) -> pd.DataFrame:
+    """Rows (dicts with every column) -> a manifest with the column order and dtypes fixed."""
+    return conform(pd.DataFrame(rows, columns=COLUMNS))
+
+
+def conform(df: pd.DataFrame) -> pd.DataFrame:
+    """Check the columns are all there, put them in order and cast them (extra columns are dropped)."""
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"manifest lacks column(s) {missing}; expected {COLUMNS}")
+    out = df[COLUMNS].copy()
+    for c in INT_COLUMNS:
+        out[c] = out[c].astype("int64")
+    for c in STR_COLUMNS:
+        out[c] = out[c].fillna("").astype(str)
+    return out.reset_index(drop=True)
+
+
+def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write a manifest CSV atomically (temp file beside it, then os.replace), so readers never see half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        conform(df).to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """Read a manifest CSV back with its dtypes: ids like "00001" stay strings, an empty group stays ""."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest {path} does not exist")
+    dtypes = {c: str for c in STR_COLUMNS} | {c: "int64" for c in INT_COLUMNS}
+    df = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_filter=False)
+    try:
+        return conform(df)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None

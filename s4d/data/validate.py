@@ -1,0 +1,350 @@
+"""Great Expectations checks on manifests, with Data Docs HTML and a readable summary.
+
+Checks on each manifest (fatal unless marked):
+    not_empty        the manifest has rows
+    ids_unique       no id twice
+    splits_known     split is train/val/test
+    modality_known   modality is video/image
+    labels_in_set    0 <= label < size of its label set and label_name is the set's name for it
+    files_present    the frame folder / image / video exists under the dataset root
+    groups_disjoint  no group (identity) in two splits
+    image_height     height >= min_size
+    image_width      width >= min_size
+    clip_length      WARNING: videos with fewer frames than one clip (num_frames * frame_stride). They are
+                     listed, not fatal: the loader can still pad or loop them, but many of them is a sign
+                     of a bad frame extraction.
+    class_shares     each class of the label set holds between min_class_share and max_class_share of the
+                     rows (all splits together; a class with no rows has share 0). The default minimum is
+                     1 %, as the real DFEW has 1.2 % disgust.
+
+GX checks columns, so the row-level rules that need the file system or the whole table (labels, files,
+groups) are computed first into `*_status` columns ("ok" or the reason), and the class shares are a small
+table of their own. In `<out>`: `tables/` holds those tables as validated, `gx/` the GX project (a file
+context, so Data Docs keep the history of runs; HTML in gx/uncommitted/data_docs/local_site/), and
+`summary.json` the last report.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from s4d.data.labels import classes_of
+from s4d.data.manifest import MODALITIES, SPLITS, conform, read_manifest
+
+FATAL, WARNING = "fatal", "warning"
+SUMMARY_EXAMPLES = 5
+# Defaults of the bounds (validate_manifests arguments, CLI options).
+MIN_CLASS_SHARE, MAX_CLASS_SHARE = 0.01, 0.6
+MIN_SIZE = 32
+
+
+@dataclass
+class CheckResult:
+    manifest: str
+    check: str
+    severity: str  # FATAL or WARNING
+    success: bool
+    unexpected_count: int
+    description: str
+    examples: list[str] = field(default_factory=list)  # up to 20 offending rows, "id: value"
+
+
+@dataclass
+class ValidationReport:
+    results: list[CheckResult]
+    rows: dict[str, int]  # manifest name -> row count
+    docs_index: Path | None
+    summary_path: Path | None = None
+
+    @property
+    def success(self) -> bool:
+        """True when every fatal check passed (warnings do not count)."""
+        return not self.failed(FATAL)
+
+    def failed(self, severity: str | None = None) -> list[CheckResult]:
+        return [r for r in self.results if not r.success and severity in (None, r.severity)]
+
+    def summary(self) -> str:
+        fatal, warnings = len(self.failed(FATAL)), len(self.failed(WARNING))
+        lines = [f"Manifest validation {'passed' if self.success else 'FAILED'}: "
+                 f"{fatal} fatal failure(s), {warnings} warning(s)"]
+        for name, n in self.rows.items():
+            lines.append(f"[{name}] {n} rows")
+            for r in (r for r in self.results if r.manifest == name):
+                mark = "ok  " if r.success else ("FAIL" if r.severity == FATAL else "WARN")
+                line = f"  {mark} {r.check:<16} {r.description}"
+                if not r.success:
+                    shown = "; ".join(r.examples[:SUMMARY_EXAMPLES])
+                    more = ", ..." if r.unexpected_count > SUMMARY_EXAMPLES else ""
+                    count = f"{r.unexpected_count} offending: " if r.unexpected_count else ""
+                    line += f" -> {count}{shown}{more}"
+                lines.append(line)
+        if self.docs_index:
+            lines.append(f"Data Docs: {self.docs_index}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"success": self.success, "rows": self.rows,
+                "docs_index": str(self.docs_index) if self.docs_index else None,
+                "results": [asdict(r) for r in self.results]}
+
+
+# --------------------------------------------------------------------------------- computed columns
+def label_status(df: pd.DataFrame) -> pd.Series:
+    """"ok", or why the label does not fit its label set."""
+    def one(label: int, name: str, label_set: str) -> str:
+        try:
+            classes = classes_of(label_set)
+        except KeyError:
+            return f"unknown label set {label_set!r}"
+        if not 0 <= label < len(classes):
+            return f"label {label} outside {label_set} (0..{len(classes) - 1})"
+        if name != classes[label]:
+            return f"label {label} is {classes[label]!r} in {label_set}, not {name!r}"
+        return "ok"
+    return pd.Series([one(*t) for t in zip(df["label"], df["label_name"], df["label_set"])], index=df.index,
+                     dtype=object)
+
+
+def file_status(df: pd.DataFrame, root: Path) -> pd.Series:
+    """"ok", or what is missing: images must be files; videos a frame folder or a video file."""
+    def one(path: str, modality: str) -> str:
+        parts = Path(path).parts
+        if not parts or Path(path).is_absolute() or ".." in parts:
+            return f"path {path!r} escapes the dataset root"
+        full = root / path
+        found = full.is_file() if modality == "image" else full.exists()
+        return "ok" if found else f"missing {full}"
+    return pd.Series([one(p, m) for p, m in zip(df["path"], df["modality"])], index=df.index, dtype=object)
+
+
+def group_status(df: pd.DataFrame) -> pd.Series:
+    """"ok", or the splits a row's group (identity) shows up in when that is more than one."""
+    grouped = df[df["group"] != ""]
+    splits = grouped.groupby("group")["split"].agg(lambda s: "+".join(sorted(set(s))))
+    leaking = splits[splits.str.contains("+", regex=False)]
+    status = df["group"].map(lambda g: f"identity {g} in {leaking[g]}" if g in leaking.index else "ok")
+    return status.astype(object)
+
+
+def with_status_columns(df: pd.DataFrame, root: Path) -> pd.DataFrame:
+    df = df.copy()
+    df["label_status"] = label_status(df)
+    df["file_status"] = file_status(df, root)
+    df["group_status"] = group_status(df)
+    return df
+
+
+def class_shares(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per class of each label set in the manifest: count and share of all rows (0 if absent).
+    `id` is the class name, so failures list classes the way row checks list sample ids."""
+    rows = []
+    for label_set, part in df.groupby("label_set", sort=True):
+        counts = part["label"].value_counts()
+        try:
+            names = dict(enumerate(classes_of(label_set)))
+        except KeyError:  # labels_in_set reports this; still show what is there
+            names = {int(k): f"label {k}" for k in counts.index}
+        for label, name in names.items():
+            n = int(counts.get(label, 0))
+            rows.append(dict(id=name, label_set=label_set, label=label, count=n, share=round(n / len(df), 4)))
+    return pd.DataFrame(rows, columns=["id", "label_set", "label", "count", "share"])
+
+
+# ---------------------------------------------------------------------------------------------- suites
+def _row_expectations(clip_length: int, min_size: int) -> list:
+    import great_expectations.expectations as gxe
+    from great_expectations.expectations.row_conditions import Column
+
+    def meta(check: str, description: str) -> dict:
+        return dict(meta={"check": check}, description=description)
+
+    return [
+        gxe.ExpectTableRowCountToBeBetween(min_value=1, **meta("not_empty", "the manifest has rows")),
+        gxe.ExpectColumnValuesToBeUnique(column="id", **meta("ids_unique", "ids are unique")),
+        gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS),
+                                        **meta("splits_known", "split is one of train/val/test")),
+        gxe.ExpectColumnValuesToBeInSet(column="modality", value_set=list(MODALITIES),
+                                        **meta("modality_known", "modality is video or image")),
+        gxe.ExpectColumnValuesToBeInSet(column="label_status", value_set=["ok"],
+                                        **meta("labels_in_set", "label and label_name fit the label set")),
+        gxe.ExpectColumnValuesToBeInSet(column="file_status", value_set=["ok"],
+                                        **meta("files_present", "frame folders / images / videos exist")),
+        gxe.ExpectColumnValuesToBeInSet(column="group_status", value_set=["ok"],
+                                        **meta("groups_disjoint", "no identity in two splits")),
+        gxe.ExpectColumnValuesToBeBetween(column="height", min_value=min_size,
+                                          **meta("image_height", f"height >= {min_size} px")),
+        gxe.ExpectColumnValuesToBeBetween(column="width", min_value=min_size,
+                                          **meta("image_width", f"width >= {min_size} px")),
+        gxe.ExpectColumnValuesToBeBetween(column="num_frames", min_value=clip_length,
+                                          row_condition=Column("modality") == "video", severity="warning",
+                                          **meta("clip_length", f"videos have >= {clip_length} frames")),
+    ]
+
+
+def _class_expectations(min_share: float, max_share: float) -> list:
+    import great_expectations.expectations as gxe
+
+    return [gxe.ExpectColumnValuesToBeBetween(
+        column="share", min_value=min_share, max_value=max_share, meta={"check": "class_shares"},
+        description=f"each class holds {min_share:.0%}..{max_share:.0%} of the rows")]
+
+
+def _suite(ctx, name: str, expectations: list):
+    import great_expectations as gx
+
+    suite = gx.ExpectationSuite(name=name)
+    for e in expectations:
+        suite.add_expectation(e)
+    return ctx.suites.add_or_update(suite)
+
+
+def _open_context(gx_dir: Path):
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    ctx = gx.get_context(mode="file", project_root_dir=gx_dir.parent)
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)  # no tqdm bars in logs
+    ctx.variables.save()
+    return ctx
+
+
+def _outcomes(checkpoint_result, manifest_of: dict[str, str]) -> list[CheckResult]:
+    out = []
+    for suite_result in checkpoint_result.run_results.values():
+        manifest = manifest_of[suite_result.meta["active_batch_definition"]["data_asset_name"]]
+        for r in suite_result.results:
+            config = r.expectation_config
+            result = r.result or {}
+            if r.exception_info and r.exception_info.get("raised_exception"):
+                examples = [f"GX raised: {r.exception_info.get('exception_message')}"]
+            else:
+                examples = [_example(d) for d in result.get("partial_unexpected_index_list") or []]
+                if not examples and not r.success:
+                    examples = [str(v) for v in result.get("partial_unexpected_list") or []]
+                    if "observed_value" in result:
+                        examples.append(f"observed {result['observed_value']}")
+            out.append(CheckResult(
+                manifest=manifest, check=config.meta.get("check", config.type),
+                severity=WARNING if str(getattr(config.severity, "value", config.severity)) == "warning"
+                else FATAL,
+                success=bool(r.success), unexpected_count=int(result.get("unexpected_count") or 0),
+                description=config.description or config.type, examples=examples))
+    return out
+
+
+def _example(d: dict) -> str:
+    """{"id": "00007", "num_frames": 3} -> "00007: num_frames=3"."""
+    d = dict(d)
+    key = d.pop("id", None)
+    rest = ", ".join(f"{k}={v}" if not k.endswith("_status") else str(v) for k, v in d.items())
+    return f"{key}: {rest}" if rest else str(key)
+
+
+# -------------------------------------------------------------------------------------------- entry
+def validate_manifests(manifests: dict[str, pd.DataFrame], root_dirs: dict[str, Path], out_dir: Path,
+                       clip_length: int, *, min_class_share: float = MIN_CLASS_SHARE,
+                       max_class_share: float = MAX_CLASS_SHARE, min_size: int = MIN_SIZE,
+                       data_docs: bool = True) -> ValidationReport:
+    """Run the checks on each manifest (name -> DataFrame, files looked up under root_dirs[name]).
+
+    Writes the validated tables to `out_dir/tables/`, GX Data Docs under
+    `out_dir/gx/uncommitted/data_docs/local_site/` (unless data_docs=False: rendering costs ~1 s per table)
+    and `out_dir/summary.json`; returns the report (`success` is False when any fatal check failed).
+    """
+    import great_expectations as gx
+    from great_expectations.checkpoint import UpdateDataDocsAction
+
+    out_dir = Path(out_dir)
+    missing_roots = [name for name in manifests if name not in root_dirs]
+    if missing_roots:
+        raise ValueError(f"no dataset root given for manifest(s) {missing_roots}")
+
+    # The tables GX validates (manifest + status columns, class shares) go to CSVs: one checkpoint run
+    # reads them all, and they stay beside the report for a closer look.
+    tables = out_dir / "tables"
+    tables.mkdir(parents=True, exist_ok=True)
+    for stale in tables.glob("*.csv"):
+        stale.unlink()
+    rows = {}
+    for name, manifest in manifests.items():
+        df = with_status_columns(conform(manifest), Path(root_dirs[name]))
+        df.to_csv(tables / f"{name}_rows.csv", index=False)
+        class_shares(df).to_csv(tables / f"{name}_classes.csv", index=False)
+        rows[name] = len(df)
+
+    ctx = _open_context(out_dir / "gx")
+    suites = {"rows": _suite(ctx, "manifest_rows", _row_expectations(clip_length, min_size)),
+              "classes": _suite(ctx, "manifest_class_shares",
+                                _class_expectations(min_class_share, max_class_share))}
+    source = ctx.data_sources.add_or_update_pandas_filesystem(name="manifests", base_directory=tables)
+    text = {c: "str" for c in ("id", "path", "label_name", "label_set", "modality", "split", "source", "group",
+                             "label_status", "file_status", "group_status")}
+    definitions, manifest_of = [], {}
+    for name in manifests:
+        for table, suite in suites.items():
+            key = f"{name}_{table}"  # one asset per table, so results do not share a batch id
+            asset = source.add_csv_asset(name=key, dtype=text, keep_default_na=False, na_filter=False)
+            batch = asset.add_batch_definition_path(name=key, path=f"{key}.csv")
+            definitions.append(ctx.validation_definitions.add_or_update(
+                gx.ValidationDefinition(name=key, data=batch, suite=suite)))
+            manifest_of[key] = name
+    checkpoint = ctx.checkpoints.add_or_update(gx.Checkpoint(
+        name="manifests", validation_definitions=definitions,
+        actions=[UpdateDataDocsAction(name="data_docs")] if data_docs else [],
+        result_format={"result_format": "SUMMARY", "unexpected_index_column_names": ["id"]}))
+    results = _outcomes(checkpoint.run(), manifest_of)
+
+    docs = out_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+    report = ValidationReport(results=results, rows=rows, docs_index=docs if data_docs else None,
+                              summary_path=out_dir / "summary.json")
+    tmp = report.summary_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report.to_dict(), indent=2))
+    os.replace(tmp, report.summary_path)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    from s4d.config import DataConfig  # default roots = the params.yaml defaults
+
+    defaults = DataConfig()
+    parser = argparse.ArgumentParser(
+        prog="python -m s4d.data.validate",
+        description="Validate dynamic.csv and static.csv (written by s4d.data.manifest.write_manifest) "
+                    "with Great Expectations. Writes Data Docs HTML under OUT/gx and OUT/summary.json, "
+                    "prints a summary, exits 1 when a fatal check fails (short clips only warn).")
+    parser.add_argument("--manifests", type=Path, required=True, help="folder with dynamic.csv and static.csv")
+    parser.add_argument("--out", type=Path, required=True, help="report folder")
+    parser.add_argument("--clip-length", type=int, default=16,
+                        help="frames one clip spans (num_frames * frame_stride); shorter videos are warned")
+    parser.add_argument("--dynamic-root", type=Path, default=Path(defaults.dynamic.root),
+                        help="dataset root the dynamic.csv paths are relative to (default %(default)s)")
+    parser.add_argument("--static-root", type=Path, default=Path(defaults.static.root),
+                        help="dataset root the static.csv paths are relative to (default %(default)s)")
+    parser.add_argument("--min-class-share", type=float, default=MIN_CLASS_SHARE, help="default %(default)s")
+    parser.add_argument("--max-class-share", type=float, default=MAX_CLASS_SHARE, help="default %(default)s")
+    parser.add_argument("--min-size", type=int, default=MIN_SIZE,
+                        help="smallest allowed frame height/width (default %(default)s)")
+    parser.add_argument("--no-data-docs", action="store_true", help="skip the HTML (faster; summary only)")
+    args = parser.parse_args(argv)
+
+    try:
+        manifests = {name: read_manifest(args.manifests / f"{name}.csv") for name in ("dynamic", "static")}
+    except (FileNotFoundError, ValueError) as e:
+        parser.error(str(e))
+    report = validate_manifests(
+        manifests, {"dynamic": args.dynamic_root, "static": args.static_root}, args.out, args.clip_length,
+        min_class_share=args.min_class_share, max_class_share=args.max_class_share, min_size=args.min_size,
+        data_docs=not args.no_data_docs)
+    print(report.summary())
+    return 0 if report.success else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
