@@ -105,6 +105,7 @@ class PretrainConfig:
     warmup_epochs: float = rng(1.0, 0.0, 1000.0)
     clip_grad: float = rng(1.0, 0.0, 1000.0)
     zero_stage: int = rng(2, 0, 3)
+    nproc_per_node: int = rng(1, 1, 64)  # > 1: the stage starts torchrun with this many processes
     bf16: str = rng("auto", choices=("auto", "on", "off"))  # auto: on CUDA with bf16 support
     checkpoint_every: int = rng(200, 1, 10**9)  # steps
     keep_last: int = rng(2, 1, 1000)

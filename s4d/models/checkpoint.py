@@ -7,7 +7,8 @@ Published VideoMAE / MAE-DFER / S4D files differ from our names in three ways, c
 the attention bias is split into `attn.q_bias` + `attn.v_bias` (no k bias: a k bias adds the same value to
 every logit of a query, so softmax ignores it and zero is exact), experts are one module each
 (`moe_layer.experts.E.fc1.weight`) where we stack them, and the DFER head is called `head`. Pretraining
-files prefix the encoder with `encoder.` and carry `decoder.*`, `encoder_to_decoder.*`, `mask_token`.
+files prefix the encoder with `encoder.` and carry `decoder.*`, `encoder_to_decoder.*` and a top-level
+`mask_token` (ours sits in the decoder, which uses it).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ FORMAT_VERSION = 1
 # Weights a classifier may start without when initialised from a pretraining (MAE) checkpoint.
 FRESH_FROM_PRETRAINING = ("fc_norm.", "head_dynamic.", "head_static.", ".moe_layer.")
 # Weights only the MAE needs; a classifier ignores them.
-PRETRAINING_ONLY = ("decoder.", "encoder_to_decoder.", "mask_token", "norm.", "pos_embed")
+PRETRAINING_ONLY = ("decoder.", "encoder_to_decoder.", "norm.", "pos_embed")
 
 
 class CheckpointError(ValueError):
@@ -135,6 +136,8 @@ def from_published(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             experts.setdefault(f"{m[1]}.{m[3]}", {})[int(m[2])] = value
         elif key.startswith("head."):
             out["head_dynamic." + key[len("head."):]] = value
+        elif key == "mask_token":
+            out["decoder.mask_token"] = value
         else:
             out[key] = value
     for key, per_expert in experts.items():
@@ -154,6 +157,8 @@ def to_published(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                 out[f"{m[1]}.{e}.{m[2]}"] = tensor.clone()
         elif key.startswith("head_dynamic."):
             out["head." + key[len("head_dynamic."):]] = value
+        elif key == "decoder.mask_token":
+            out["mask_token"] = value
         else:
             out[key] = value
     return out

@@ -49,19 +49,21 @@ def visible_count(num_tokens: int, mask_ratio: float) -> int:
     return max(1, int(round(num_tokens * (1.0 - mask_ratio))))
 
 
-def random_masking(batch: int, grid_t: int, tokens_per_slice: int, mask_ratio: float, tube: bool,
-                   device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Indices (B, n_visible) of visible tokens, sorted. Tube masking hides the same patch in every slice."""
+def masking_noise_shape(grid_t: int, tokens_per_slice: int, tube: bool) -> tuple[int]:
+    return (tokens_per_slice,) if tube else (grid_t * tokens_per_slice,)
+
+
+def random_masking(noise: torch.Tensor, grid_t: int, tokens_per_slice: int, mask_ratio: float,
+                   tube: bool) -> torch.Tensor:
+    """Indices (B, n_visible) of visible tokens, sorted: the lowest-noise tokens stay visible (per sample).
+    Tube masking hides the same patches in every temporal slice; its noise is per patch (B, tokens_per_slice)."""
+    batch = noise.shape[0]
     if tube:
-        keep = visible_count(tokens_per_slice, mask_ratio)
-        noise = torch.rand(batch, tokens_per_slice, device=device, generator=generator)
-        spatial = noise.argsort(dim=1)[:, :keep]
-        offsets = torch.arange(grid_t, device=device) * tokens_per_slice
+        spatial = noise.argsort(dim=1)[:, : visible_count(tokens_per_slice, mask_ratio)]
+        offsets = torch.arange(grid_t, device=noise.device) * tokens_per_slice
         ids = (offsets[None, :, None] + spatial[:, None, :]).reshape(batch, -1)
     else:
-        num = grid_t * tokens_per_slice
-        noise = torch.rand(batch, num, device=device, generator=generator)
-        ids = noise.argsort(dim=1)[:, : visible_count(num, mask_ratio)]
+        ids = noise.argsort(dim=1)[:, : visible_count(noise.shape[1], mask_ratio)]
     return ids.sort(dim=1).values
 
 
@@ -69,13 +71,19 @@ class Decoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.register_buffer("pos_embed", position_table(cfg, cfg.decoder_dim)[None], persistent=False)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_dim))
         self.blocks = nn.ModuleList([Block(cfg.decoder_dim, cfg.decoder_heads, cfg.mlp_ratio, qkv_bias=True)
                                      for _ in range(cfg.decoder_depth)])
         self.norm = nn.LayerNorm(cfg.decoder_dim)
         self.head = nn.Linear(cfg.decoder_dim, cfg.tubelet_size * cfg.patch_size ** 2 * 3)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.pos_embed[:, : x.shape[1]].to(x.dtype)
+    def forward(self, latent: torch.Tensor, visible_ids: torch.Tensor, num_tokens: int) -> torch.Tensor:
+        """Visible latents (B, n_visible, D_dec) at their positions, mask tokens elsewhere -> predictions.
+        The mask token lives here (not on the MAE) so ZeRO-3 gathers it with the module that uses it."""
+        batch, _, dim = latent.shape
+        x = self.mask_token.to(latent.dtype).expand(batch, num_tokens, dim).clone()
+        x = x.scatter(1, visible_ids[..., None].expand(-1, -1, dim), latent)
+        x = x + self.pos_embed[:, :num_tokens].to(x.dtype)
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm(x))
@@ -87,30 +95,34 @@ class MaskedAutoencoder(nn.Module):
         self.cfg = cfg
         self.encoder = VideoViT(cfg, final_norm=True)
         self.encoder_to_decoder = nn.Linear(cfg.embed_dim, cfg.decoder_dim, bias=False)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_dim))
         self.decoder = Decoder(cfg)
         self.apply(init_weights)
-        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        nn.init.trunc_normal_(self.decoder.mask_token, std=0.02)
+
+    def noise_shape(self, x: torch.Tensor, tube: bool) -> tuple[int, ...]:
+        """Shape of the masking noise for input x (the trainer draws it from (seed, step, sample))."""
+        grid_t = as_clip(x, self.cfg.tubelet_size).shape[2] // self.cfg.tubelet_size
+        return (x.shape[0], *masking_noise_shape(grid_t, self.encoder.tokens_per_slice, tube))
 
     def forward(self, x: torch.Tensor, mask_ratio: float, tube: bool = False,
-                generator: torch.Generator | None = None) -> MAEOutput:
-        """One modality: images (B, C, H, W) or videos (B, C, T, H, W) with values already normalised."""
+                noise: torch.Tensor | None = None) -> MAEOutput:
+        """One modality: images (B, C, H, W) or videos (B, C, T, H, W) with values already normalised.
+        `noise` (see noise_shape) fixes the mask; by default it is drawn from torch's RNG."""
         cfg = self.cfg
         clip = as_clip(x, cfg.tubelet_size)
         tokens = self.encoder.embed(clip)
         batch, num, dim = tokens.shape
         per_slice = self.encoder.tokens_per_slice
-        visible_ids = random_masking(batch, num // per_slice, per_slice, mask_ratio, tube, x.device, generator)
+        if noise is None:
+            noise = torch.rand(self.noise_shape(x, tube), device=x.device)
+        visible_ids = random_masking(noise.to(x.device), num // per_slice, per_slice, mask_ratio, tube)
 
         latent = tokens.gather(1, visible_ids[..., None].expand(-1, -1, dim))
         for block in self.encoder.blocks:
             latent = block(latent)
         latent = self.encoder_to_decoder(self.encoder.norm(latent))
 
-        # Full sequence for the decoder: mask tokens everywhere, visible latents at their own positions.
-        full = self.mask_token.to(latent.dtype).expand(batch, num, -1).clone()
-        full.scatter_(1, visible_ids[..., None].expand(-1, -1, latent.shape[-1]), latent)
-        pred = self.decoder(full)
+        pred = self.decoder(latent, visible_ids, num)
 
         mask = torch.ones(batch, num, dtype=torch.bool, device=x.device)
         mask.scatter_(1, visible_ids, False)
@@ -118,14 +130,15 @@ class MaskedAutoencoder(nn.Module):
         return MAEOutput(masked_mse(pred, target, mask), pred, target, mask)
 
     def mixed_loss(self, videos: torch.Tensor | None, images: torch.Tensor | None, video_mask_ratio: float,
-                   image_mask_ratio: float, tube: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+                   image_mask_ratio: float, tube: bool = False, video_noise: torch.Tensor | None = None,
+                   image_noise: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One step over either or both modalities: the mean of the per-modality losses."""
         losses = {}
         if videos is not None:
-            losses["video"] = self(videos, video_mask_ratio, tube).loss
+            losses["video"] = self(videos, video_mask_ratio, tube, video_noise).loss
         if images is not None:
-            losses["image"] = self(images, image_mask_ratio).loss
+            losses["image"] = self(images, image_mask_ratio, noise=image_noise).loss
         if not losses:
             raise ValueError("mixed_loss needs videos, images or both")
         total = torch.stack(list(losses.values())).mean()
-        return total, {name: loss.item() for name, loss in losses.items()}
+        return total, {name: loss.detach() for name, loss in losses.items()}

@@ -1,0 +1,168 @@
+"""Datasets over manifests: clip sampling from frame folders, image loading, augmentation, samplers.
+
+Videos come out as (C, T, H, W) float tensors, images as (C, H, W), both normalised with the ImageNet
+statistics that VideoMAE-style models use. Spatial augmentation is drawn once per clip, so every frame of
+a clip gets the same crop, flip and RandAugment ops.
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+import torchvision.transforms.v2 as T
+from timm.data.random_erasing import RandomErasing
+from torch.utils.data import Dataset, WeightedRandomSampler
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training augmentation; `None` in a dataset means evaluation (resize + centre/side crop)."""
+    scale: tuple[float, float] = (0.5, 1.0)  # random resized crop area
+    flip: bool = True
+    rand_augment: bool = True  # RandAugment 2 ops, magnitude 9
+    erase_prob: float = 0.25  # random erasing (timm)
+
+
+def clip_indices(total: int, num_frames: int, stride: int, start: int) -> np.ndarray:
+    """Frame indices of one clip from `start`; clips longer than the video repeat the last frame."""
+    return np.minimum(start + stride * np.arange(num_frames), total - 1)
+
+
+def clip_starts(total: int, num_frames: int, stride: int, views: int, rng: np.random.Generator | None):
+    """Random start (training, rng given) or `views` starts spread uniformly over the video (testing)."""
+    span = max(total - ((num_frames - 1) * stride + 1), 0)
+    if rng is not None:
+        return [int(rng.integers(0, span + 1))]
+    if views == 1:
+        return [span // 2]
+    return [round(i * span / (views - 1)) for i in range(views)]
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise OSError(f"cannot read image {path}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def list_frames(folder: Path) -> list[str]:
+    frames = sorted(f for f in os.listdir(folder) if f.lower().endswith(FRAME_SUFFIXES))
+    if not frames:
+        raise OSError(f"frame folder {folder} holds no frames")
+    return frames
+
+
+def spatial_crops(frames: torch.Tensor, size: int, crops: int) -> list[torch.Tensor]:
+    """Resize the short side to `size`, then 1 centre crop or 3 crops along the long side (multi-view)."""
+    frames = T.functional.resize(frames, size, antialias=True)
+    h, w = frames.shape[-2:]
+    if crops == 1:
+        return [T.functional.center_crop(frames, [size, size])]
+    ys = [0, (h - size) // 2, h - size] if h > w else [(h - size) // 2] * 3
+    xs = [0, (w - size) // 2, w - size] if w >= h else [(w - size) // 2] * 3
+    return [frames[..., y:y + size, x:x + size] for y, x in zip(ys, xs)]
+
+
+class _FramesDataset(Dataset):
+    """Common part: manifest rows, root folder, augmentation and normalisation."""
+
+    def __init__(self, manifest: pd.DataFrame, root: str | Path, size: int, augment: Augment | None,
+                 crops: int = 1, seed: int = 0):
+        if manifest.empty:
+            raise ValueError("the manifest holds no rows for this dataset/split")
+        self.rows = manifest.reset_index(drop=True)
+        self.root, self.size, self.augment, self.crops, self.seed = Path(root), size, augment, crops, seed
+        self.epoch = 0
+        self.labels = self.rows["label"].to_numpy()
+        if augment is not None:
+            ops = [T.RandomResizedCrop(size, scale=augment.scale, antialias=True)]
+            ops += [T.RandomHorizontalFlip()] if augment.flip else []
+            ops += [T.RandAugment(2, 9)] if augment.rand_augment else []
+            self.train_ops = T.Compose(ops)
+            self.erase = RandomErasing(augment.erase_prob, mode="pixel", device="cpu") if augment.erase_prob else None
+        self.mean = torch.tensor(MEAN).view(3, 1, 1, 1)
+        self.std = torch.tensor(STD).view(3, 1, 1, 1)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed per epoch, so a resumed run draws the same clips as an uninterrupted one."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng((self.seed, self.epoch, index))
+
+    def finish(self, frames: torch.Tensor, index: int) -> list[torch.Tensor]:
+        """(T, C, H, W) uint8 -> list of normalised (C, T, H, W) views."""
+        if self.augment is None:
+            return [self.normalise(view) for view in spatial_crops(frames, self.size, self.crops)]
+        # torchvision and timm draw from the global torch / Python RNGs: seed them from (seed, epoch, index)
+        # inside a forked torch RNG, so a sample's augmentation never depends on worker or process history.
+        seed = int(self.rng(index).integers(2 ** 31))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            x = self.normalise(self.train_ops(frames))
+            if self.erase is not None:
+                x = self.erase(x.transpose(0, 1)).transpose(0, 1)  # per-frame regions, as VideoMAE does
+        return [x]
+
+    def normalise(self, frames: torch.Tensor) -> torch.Tensor:
+        return (frames.permute(1, 0, 2, 3).float() / 255 - self.mean) / self.std
+
+
+class ClipDataset(_FramesDataset):
+    """Clips of `num_frames` frames at `stride` from frame folders. Training: one random clip; testing:
+    `clips` x `crops` views stacked as (V, C, T, H, W)."""
+
+    def __init__(self, manifest: pd.DataFrame, root: str | Path, size: int, num_frames: int, stride: int,
+                 augment: Augment | None = None, clips: int = 1, crops: int = 1, seed: int = 0):
+        super().__init__(manifest, root, size, augment, crops, seed)
+        self.num_frames, self.stride, self.clips = num_frames, stride, clips
+
+    def __getitem__(self, index: int):
+        row = self.rows.iloc[index]
+        folder = self.root / row["path"]
+        names = list_frames(folder)
+        rng = self.rng(index) if self.augment is not None else None
+        views = []
+        for start in clip_starts(len(names), self.num_frames, self.stride, self.clips, rng):
+            idx = clip_indices(len(names), self.num_frames, self.stride, start)
+            frames = np.stack([read_rgb(folder / names[i]) for i in idx])
+            views += self.finish(torch.from_numpy(frames).permute(0, 3, 1, 2), index)
+        x = views[0] if self.augment is not None else torch.stack(views)
+        return x, int(row["label"])
+
+
+class ImageDataset(_FramesDataset):
+    """Still images (or the middle frame of a 1-frame folder) as (C, H, W); testing stacks crops (V, C, H, W)."""
+
+    def __getitem__(self, index: int):
+        row = self.rows.iloc[index]
+        path = self.root / row["path"]
+        if path.is_dir():
+            names = list_frames(path)
+            path = path / names[len(names) // 2]
+        frame = torch.from_numpy(read_rgb(path)).permute(2, 0, 1)[None]
+        views = [v[:, 0] for v in self.finish(frame, index)]
+        x = views[0] if self.augment is not None else torch.stack(views)
+        return x, int(row["label"])
+
+
+def balanced_sampler(labels: np.ndarray, num_samples: int, seed: int) -> WeightedRandomSampler:
+    """Draw each class equally often (weights 1/count), with replacement."""
+    counts = np.bincount(labels)
+    weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.double)
+    return WeightedRandomSampler(weights, num_samples, replacement=True,
+                                 generator=torch.Generator().manual_seed(seed))

@@ -1,0 +1,320 @@
+"""Dual-modal MAE pretraining under DeepSpeed ZeRO: images and videos, one encoder.
+
+    python -m s4d.train.pretrain [--params params.yaml] [key=value ...]        # 1 process, or
+    torchrun --nproc_per_node 2 -m s4d.train.pretrain ...                      # several on one machine
+    torchrun --nnodes 2 --node_rank R --master_addr HOST -m s4d.train.pretrain # one launcher per node
+
+With `pretrain.nproc_per_node > 1` the plain command starts torchrun itself.
+
+Each step is a video step or an image step (`image_step_share`), in an order drawn from (seed, epoch).
+The masks and the samples of a step are drawn from (seed, step) for the GLOBAL batch and each rank takes
+its slice, so a run is reproducible for any world size, and resuming replays the same steps exactly.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from timm.scheduler import CosineLRScheduler
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from s4d.config import Params, to_dict
+from s4d.data.loaders import Augment, ClipDataset, ImageDataset
+from s4d.data.manifest import read_manifest
+from s4d.models import MaskedAutoencoder
+from s4d.models.checkpoint import save_checkpoint
+from s4d.stage import load_stage_params, stage_parser
+from s4d.train.distributed import Dist, free_port, init_distributed, shutdown, use_bf16
+
+PRETRAIN_AUGMENT = Augment(scale=(0.5, 1.0), flip=True, rand_augment=False, erase_prob=0.0)
+
+
+# --------------------------------------------------------------------------------------------- plan
+def steps_per_epoch(n_videos: int, n_images: int, params: Params, world: int) -> tuple[int, int]:
+    """(video steps, image steps) of one epoch: one pass over the videos, images at `image_step_share`
+    of the steps (one pass over the images when the share is 1)."""
+    cfg = params.pretrain
+    share = cfg.image_step_share
+    if share >= 1.0:
+        return 0, max(1, n_images // (cfg.image_batch_size * world))
+    video_steps = max(1, n_videos // (cfg.batch_size * world))
+    return video_steps, round(video_steps * share / (1.0 - share))
+
+
+def step_order(video_steps: int, image_steps: int, seed: int, epoch: int) -> list[str]:
+    order = np.array(["video"] * video_steps + ["image"] * image_steps)
+    np.random.default_rng((seed, epoch, 7)).shuffle(order)
+    return order.tolist()
+
+
+def global_batches(n: int, global_batch: int, steps: int, seed: int, epoch: int, stream: int) -> np.ndarray:
+    """(steps, global_batch) sample indices: shuffled passes over the n samples, as many as needed."""
+    passes = math.ceil(steps * global_batch / n)
+    rng = np.random.default_rng((seed, epoch, stream))
+    order = np.concatenate([rng.permutation(n) for _ in range(passes)])
+    return order[: steps * global_batch].reshape(steps, global_batch)
+
+
+def masking_noise(shape: tuple[int, ...], seed: int, step: int, rank: int, world: int) -> torch.Tensor:
+    """This rank's slice of the global batch's masking noise for a step."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    per_rank = shape[0]
+    noise = torch.rand((per_rank * world, *shape[1:]), generator=generator)
+    return noise[rank * per_rank:(rank + 1) * per_rank]
+
+
+# --------------------------------------------------------------------------------------- checkpoints
+def params_fingerprint(params: Params) -> str:
+    """What a checkpoint must match to be resumed: the model, data and pretraining settings."""
+    relevant = {"model": to_dict(params.model), "pretrain": to_dict(params.pretrain),
+                "data": to_dict(params.data)}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def save_training_state(engine, ckpt_dir: Path, state: dict, dist: Dist, keep_last: int) -> None:
+    """DeepSpeed checkpoint (model, ZeRO optimizer partitions) + RNG per rank, then `latest` is switched
+    atomically; a kill mid-save leaves `latest` on the previous complete checkpoint."""
+    tag = f"step_{state['step']:08d}"
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=state, save_latest=False)
+    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    torch.save(rng, ckpt_dir / tag / f"rng_rank{dist.rank}.pt")
+    torch.distributed.barrier()
+    if dist.is_main:
+        tmp = ckpt_dir / f".latest.tmp-{os.getpid()}"
+        tmp.write_text(tag)
+        os.replace(tmp, ckpt_dir / "latest")
+        tags = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir())
+        for old in tags[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    torch.distributed.barrier()
+
+
+def restore_training_state(engine, ckpt_dir: Path, dist: Dist, fingerprint: str) -> dict | None:
+    latest = ckpt_dir / "latest"
+    if not latest.is_file():
+        return None
+    tag = latest.read_text().strip()
+    _, state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+    if state is None or state.get("fingerprint") != fingerprint:
+        raise RuntimeError(f"{ckpt_dir / tag} belongs to other params; delete {ckpt_dir} to start over")
+    rng = torch.load(ckpt_dir / tag / f"rng_rank{dist.rank}.pt", weights_only=False)
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    return state
+
+
+# ----------------------------------------------------------------------------------------------- run
+def train_manifests(params: Params) -> tuple:
+    """Training rows of the prepared manifests (never val or test: they stay unseen until fine-tuning)."""
+    prepared = Path(params.data.prepared_dir)
+    videos = read_manifest(prepared / "dynamic.csv")
+    images = read_manifest(prepared / "static.csv")
+    return videos[videos["split"] == "train"], images[images["split"] == "train"]
+
+
+def pretrain(params: Params, out_dir: Path = Path("artifacts/pretrain")) -> dict:
+    """Run (or resume) pretraining; write out_dir/model.pt (our MAE checkpoint), log.csv, summary.json."""
+    import deepspeed
+
+    cfg, model_cfg = params.pretrain, params.model
+    dist = init_distributed()
+    torch.manual_seed(cfg.seed)
+    videos, images = train_manifests(params)
+    video_steps, image_steps = steps_per_epoch(len(videos), len(images), params, dist.world_size)
+    if video_steps and videos.empty or image_steps and images.empty:
+        raise ValueError("pretraining needs training videos and images for the configured image_step_share; "
+                         f"found {len(videos)} videos and {len(images)} images")
+    total_steps = cfg.epochs * (video_steps + image_steps)
+
+    model = MaskedAutoencoder(model_cfg)
+    bf16 = use_bf16(cfg.bf16)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "token" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1 or "token" in n]
+    global_video_batch = cfg.batch_size * dist.world_size
+    lr = cfg.base_lr * global_video_batch / 256
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+    ds_config = {"train_micro_batch_size_per_gpu": cfg.batch_size, "gradient_accumulation_steps": 1,
+                 "gradient_clipping": cfg.clip_grad, "zero_optimization": {"stage": cfg.zero_stage},
+                 "bf16": {"enabled": bf16}, "steps_per_print": 10 ** 9, "wall_clock_breakdown": False}
+    engine, ds_optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    warmup = round(cfg.warmup_epochs * (video_steps + image_steps))
+    scheduler = CosineLRScheduler(ds_optimizer, t_initial=total_steps, lr_min=cfg.min_lr,
+                                  warmup_t=warmup, warmup_lr_init=cfg.min_lr, t_in_epochs=False)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out_dir / "checkpoints"
+    fingerprint = params_fingerprint(params)
+    state = restore_training_state(engine, ckpt_dir, dist, fingerprint) or {"step": 0}
+    step = state["step"]
+    log_path = out_dir / "log.csv"
+    if dist.is_main:
+        trim_log(log_path, step)
+        if step:
+            print(f"resuming from step {step} of {total_steps}")
+
+    size, frames, stride = model_cfg.img_size, model_cfg.num_frames, params.data.frame_stride
+    datasets = {"video": ClipDataset(videos, ".", size, frames, stride, PRETRAIN_AUGMENT, seed=cfg.seed)
+                if video_steps else None,
+                "image": ImageDataset(images, ".", size, PRETRAIN_AUGMENT, seed=cfg.seed) if image_steps else None}
+    per_rank = {"video": cfg.batch_size, "image": cfg.image_batch_size}
+    ratios = {"video": cfg.video_mask_ratio, "image": cfg.image_mask_ratio}
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    started, first_step = time.time(), step
+    progress = tqdm(total=total_steps, initial=step, desc="pretrain", disable=not dist.is_main)
+    per_epoch = video_steps + image_steps
+    while step < total_steps:
+        epoch, index_in_epoch = divmod(step, per_epoch)
+        order = step_order(video_steps, image_steps, cfg.seed, epoch)
+        loaders = {}
+        for stream, (modality, steps) in enumerate((("video", video_steps), ("image", image_steps))):
+            if not steps:
+                continue
+            datasets[modality].set_epoch(epoch)
+            done = order[:index_in_epoch].count(modality)
+            batches = global_batches(len(datasets[modality]), per_rank[modality] * dist.world_size, steps,
+                                     cfg.seed, epoch, stream)[done:]
+            rank_batches = batches[:, dist.rank * per_rank[modality]:(dist.rank + 1) * per_rank[modality]]
+            loaders[modality] = iter(DataLoader(datasets[modality], batch_sampler=rank_batches.tolist(),
+                                                num_workers=params.data.workers))
+        for modality in order[index_in_epoch:]:
+            tick = time.time()
+            x, _ = next(loaders[modality])
+            x = x.to(dist.device, dtype)
+            noise = masking_noise(engine.module.noise_shape(x, cfg.tube_masking and modality == "video"),
+                                  cfg.seed, step, dist.rank, dist.world_size)
+            scheduler.step_update(step)
+            out = engine(x, ratios[modality], cfg.tube_masking and modality == "video", noise.to(dist.device))
+            engine.backward(out.loss)
+            engine.step()
+            step += 1
+            loss = out.loss.detach().float()
+            torch.distributed.all_reduce(loss)
+            loss = loss.item() / dist.world_size
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"pretraining loss is {loss} at step {step}; lower pretrain.base_lr")
+            if dist.is_main:
+                clips_s = x.shape[0] * dist.world_size / (time.time() - tick)
+                append_log(log_path, {"step": step, "epoch": epoch, "modality": modality, "loss": f"{loss:.5f}",
+                                      "lr": f"{ds_optimizer.param_groups[0]['lr']:.3e}", "clips_s": f"{clips_s:.2f}"})
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss:.4f}", modality=modality)
+            if step % cfg.checkpoint_every == 0 or step == total_steps:
+                save_training_state(engine, ckpt_dir, {"step": step, "fingerprint": fingerprint}, dist,
+                                    cfg.keep_last)
+    progress.close()
+
+    with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
+        if dist.is_main:
+            export = MaskedAutoencoder(model_cfg)
+            export.load_state_dict({k: v.float().cpu() for k, v in engine.module.state_dict().items()})
+            save_checkpoint(out_dir / "model.pt", export, meta={"steps": step, "world_size": dist.world_size,
+                                                                 "params": to_dict(params)})
+    summary = {"steps": step, "epochs": cfg.epochs, "world_size": dist.world_size, "zero_stage": cfg.zero_stage,
+               "bf16": bf16, "final_loss": last_losses(log_path), "seconds": round(time.time() - started, 1),
+               "steps_this_run": step - first_step}
+    if dist.is_main:
+        write_json(out_dir / "summary.json", summary)
+        plot_losses(log_path, out_dir / "loss.png")
+    torch.distributed.barrier()
+    return summary
+
+
+# ------------------------------------------------------------------------------------------- outputs
+LOG_FIELDS = ["step", "epoch", "modality", "loss", "lr", "clips_s"]
+
+
+def append_log(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, LOG_FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Drop log rows past the checkpoint being resumed (they are about to be redone)."""
+    if not path.exists():
+        return
+    with path.open() as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def last_losses(path: Path, window: int = 10) -> dict:
+    """Mean loss per modality over the last `window` steps of each."""
+    if not path.exists():
+        return {}
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    out = {}
+    for modality in ("video", "image"):
+        losses = [float(r["loss"]) for r in rows if r["modality"] == modality][-window:]
+        if losses:
+            out[modality] = round(sum(losses) / len(losses), 5)
+    return out
+
+
+def write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def plot_losses(log_path: Path, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with log_path.open() as f:
+        rows = list(csv.DictReader(f))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for modality in ("video", "image"):
+        pts = [(int(r["step"]), float(r["loss"])) for r in rows if r["modality"] == modality]
+        if pts:
+            ax.plot(*zip(*pts), label=f"{modality} steps", lw=1)
+    ax.set(xlabel="step", ylabel="masked-patch MSE (normalised pixels)", title="MAE pretraining")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = stage_parser(__doc__).parse_args(argv)
+    params = load_stage_params(args)
+    nproc = params.pretrain.nproc_per_node
+    if nproc > 1 and "RANK" not in os.environ:  # not under a launcher yet: become one
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+               "--master_port", str(free_port()), "-m", "s4d.train.pretrain",
+               "--params", args.params, *args.overrides]
+        return subprocess.call(cmd)
+    try:
+        pretrain(params)
+    finally:
+        shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""DeepSpeed MAE pretraining as real processes: resume after SIGKILL, 2 ranks, 2 nodes on one machine."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import MICRO_MODEL, ROOT, run_module
+from s4d.train.distributed import free_port
+
+pytestmark = pytest.mark.slow
+
+ONE_RANK = MICRO_MODEL + ["pretrain.batch_size=8", "pretrain.image_batch_size=16", "pretrain.epochs=6",
+                          "pretrain.checkpoint_every=4", "pretrain.keep_last=2", "pretrain.base_lr=0.2",
+                          "pretrain.zero_stage=2"]
+# The same global batch split over two ranks.
+TWO_RANKS = ONE_RANK + ["pretrain.batch_size=4", "pretrain.image_batch_size=8"]
+ENV = {"OMP_NUM_THREADS": "1"}
+
+
+def losses(project):
+    with (project / "artifacts/pretrain/log.csv").open() as f:
+        return [(int(r["step"]), r["modality"], float(r["loss"])) for r in csv.DictReader(f)]
+
+
+def weights(project):
+    return torch.load(project / "artifacts/pretrain/model.pt", weights_only=True)["state_dict"]
+
+
+def copy_project(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("pretrain"))
+    return dst
+
+
+def test_pretraining_learns_and_writes_outputs(micro_project):
+    done = run_module("s4d.train.pretrain", *ONE_RANK, cwd=micro_project, env=ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = losses(micro_project)
+    assert [s for s, _, _ in log] == list(range(1, 25))
+    assert {m for _, m, _ in log} == {"video", "image"}
+    first = sum(loss for _, _, loss in log[:4]) / 4
+    last = sum(loss for _, _, loss in log[-4:]) / 4
+    assert last < first * 0.95, (first, last)
+    out = micro_project / "artifacts/pretrain"
+    assert (out / "loss.png").stat().st_size > 5000
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_00000020", "step_00000024"]
+    assert (out / "checkpoints/latest").read_text() == "step_00000024"
+
+
+def test_kill_and_resume_ends_with_the_same_weights(micro_project, tmp_path):
+    killed = copy_project(micro_project, tmp_path / "killed")
+    full = run_module("s4d.train.pretrain", *ONE_RANK, cwd=micro_project, env=ENV)
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    proc = subprocess.Popen([sys.executable, "-m", "s4d.train.pretrain", *ONE_RANK], cwd=killed,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), **ENV},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = killed / "artifacts/pretrain/checkpoints/latest"
+    deadline = time.time() + 240
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (killed / "artifacts/pretrain/model.pt").exists()
+
+    resumed = run_module("s4d.train.pretrain", *ONE_RANK, cwd=killed, env=ENV)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    start = int(next(line for line in resumed.stdout.splitlines() if "resuming from step" in line).split()[3])
+    assert 0 < start < 24
+    assert losses(killed) == losses(micro_project)
+    a, b = weights(micro_project), weights(killed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_ranks_track_one_rank_on_the_same_global_batch(micro_project, tmp_path):
+    one = run_module("s4d.train.pretrain", *ONE_RANK, cwd=micro_project, env=ENV)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two_dir = copy_project(micro_project, tmp_path / "two")
+    two = run_module("torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+                     "-m", "s4d.train.pretrain", *TWO_RANKS, cwd=two_dir, env=ENV)
+    assert two.returncode == 0, two.stderr[-3000:]
+    summary = (two_dir / "artifacts/pretrain/summary.json").read_text()
+    assert '"world_size": 2' in summary and '"zero_stage": 2' in summary
+    for (s1, m1, l1), (s2, m2, l2) in zip(losses(micro_project), losses(two_dir), strict=True):
+        assert (s1, m1) == (s2, m2)
+        assert abs(l1 - l2) < 1e-4 * max(1.0, abs(l1)), (s1, l1, l2)
+
+
+def test_two_nodes_with_one_launcher_each(micro_project):
+    port = str(free_port())
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **ENV}
+    launchers = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank",
+                                   str(rank), "--nproc_per_node", "1", "--master_addr", "127.0.0.1",
+                                   "--master_port", port, "-m", "s4d.train.pretrain", *TWO_RANKS,
+                                   "pretrain.zero_stage=3"],
+                                  cwd=micro_project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True)
+                 for rank in (0, 1)]
+    try:
+        outputs = [p.communicate(timeout=300)[0] for p in launchers]
+    finally:
+        for p in launchers:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in launchers] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    summary = (micro_project / "artifacts/pretrain/summary.json").read_text()
+    assert '"world_size": 2' in summary and '"zero_stage": 3' in summary
+    assert len(losses(micro_project)) == 24
