@@ -83,10 +83,19 @@ class DataConfig:
     static: DatasetConfig = field(
         default_factory=lambda: DatasetConfig(reader="synthetic_image", root="data/synthetic/images"))
     prepared_dir: str = "artifacts/prepared"
+    face_size: int = rng(112, 32, 1024)  # aligned face crops written for raw videos, pixels
     val_fraction: float = rng(0.15, 0.0, 0.5)  # carved from train when the dataset has no val split
+    seed: int = 0  # for the val carve
     frame_stride: int = rng(2, 1, 16)  # sample every n-th frame for a clip
     workers: int = rng(2, 0, 64)
     balanced_sampling: bool = False
+
+
+@dataclass
+class ValidateConfig:
+    min_class_share: float = rng(0.01, 0.0, 1.0)  # real DFEW has 1.2 % disgust
+    max_class_share: float = rng(0.6, 0.0, 1.0)
+    min_size: int = rng(32, 1, 4096)  # smallest frame height/width, pixels
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -149,6 +158,7 @@ class Params:
         default_factory=lambda: {"tiny": tiny_profile(), "base": base_profile()})
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from s4d.data.labels import LABEL_SETS
-from s4d.data.manifest import make_manifest, write_manifest
+from s4d.data.manifest import read_manifest, make_manifest, write_manifest
 from s4d.data.validate import FATAL, WARNING, main, validate_manifests
 
 CLIP_LENGTH = 8
@@ -144,24 +144,22 @@ def test_each_broken_variant_fails_its_check(dataset, tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["success"] is False
 
 
-def test_cli_exit_codes(dataset, tmp_path, capsys):
-    manifests = tmp_path / "manifests"
-    for name, df in dataset["manifests"].items():
-        write_manifest(df, manifests / f"{name}.csv")
-    roots = ["--dynamic-root", str(dataset["roots"]["dynamic"]), "--static-root", str(dataset["roots"]["static"])]
-    args = ["--manifests", str(manifests), "--out", str(tmp_path / "out"), "--clip-length", str(CLIP_LENGTH),
-            "--no-data-docs"]
-    assert main(args + roots) == 0
-    assert "Manifest validation passed" in capsys.readouterr().out
-    assert json.loads((tmp_path / "out/summary.json").read_text())["success"] is True
+def test_stage_exit_codes(micro_project, capsys):
+    """The `validate` stage on prepared manifests (paths relative to the project), params from params.yaml."""
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "Manifest validation passed" in out and "WARN clip_length" in out  # 6-frame clips < 15 frames
+    assert (micro_project / "artifacts/validation/gx/uncommitted/data_docs/local_site/index.html").is_file()
+    assert json.loads((micro_project / "artifacts/validation/summary.json").read_text())["success"] is True
 
-    broken = dataset["manifests"]["static"].copy()
-    broken.loc[2, "path"] = "Image/gone.jpg"
-    write_manifest(broken, manifests / "static.csv")
-    assert main(args + roots) == 1
+    prepared = micro_project / "artifacts/prepared/static.csv"
+    broken = read_manifest(prepared)
+    broken.loc[2, "path"] = "images/gone.jpg"
+    write_manifest(broken, prepared)
+    assert main(["validate.min_size=8"]) == 1
     out = capsys.readouterr().out
     assert "Manifest validation FAILED" in out and "FAIL files_present" in out and "gone.jpg" in out
 
     with pytest.raises(SystemExit) as exit_info:
-        main(["--help"])
-    assert exit_info.value.code == 0 and "--clip-length" in capsys.readouterr().out
+        main(["validate.min_sise=8"])
+    assert "validate.min_sise" in str(exit_info.value.code)

@@ -25,7 +25,6 @@ context, so Data Docs keep the history of runs; HTML in gx/uncommitted/data_docs
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -311,38 +310,30 @@ def validate_manifests(manifests: dict[str, pd.DataFrame], root_dirs: dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from s4d.config import DataConfig  # default roots = the params.yaml defaults
+    """`validate` stage: the prepared manifests against params' bounds; exit 1 on a fatal failure."""
+    from s4d.stage import load_stage_params, stage_parser
 
-    defaults = DataConfig()
-    parser = argparse.ArgumentParser(
-        prog="python -m s4d.data.validate",
-        description="Validate dynamic.csv and static.csv (written by s4d.data.manifest.write_manifest) "
-                    "with Great Expectations. Writes Data Docs HTML under OUT/gx and OUT/summary.json, "
-                    "prints a summary, exits 1 when a fatal check fails (short clips only warn).")
-    parser.add_argument("--manifests", type=Path, required=True, help="folder with dynamic.csv and static.csv")
-    parser.add_argument("--out", type=Path, required=True, help="report folder")
-    parser.add_argument("--clip-length", type=int, default=16,
-                        help="frames one clip spans (num_frames * frame_stride); shorter videos are warned")
-    parser.add_argument("--dynamic-root", type=Path, default=Path(defaults.dynamic.root),
-                        help="dataset root the dynamic.csv paths are relative to (default %(default)s)")
-    parser.add_argument("--static-root", type=Path, default=Path(defaults.static.root),
-                        help="dataset root the static.csv paths are relative to (default %(default)s)")
-    parser.add_argument("--min-class-share", type=float, default=MIN_CLASS_SHARE, help="default %(default)s")
-    parser.add_argument("--max-class-share", type=float, default=MAX_CLASS_SHARE, help="default %(default)s")
-    parser.add_argument("--min-size", type=int, default=MIN_SIZE,
-                        help="smallest allowed frame height/width (default %(default)s)")
-    parser.add_argument("--no-data-docs", action="store_true", help="skip the HTML (faster; summary only)")
+    parser = stage_parser("Check the prepared manifests (dynamic.csv, static.csv) with Great Expectations. "
+                          "Writes Data Docs HTML and summary.json under artifacts/validation, prints a "
+                          "summary, exits 1 when a fatal check fails (short clips only warn).")
+    parser.add_argument("--out", type=Path, default=Path("artifacts/validation"), help="report folder")
     args = parser.parse_args(argv)
-
+    params = load_stage_params(args)
+    prepared = Path(params.data.prepared_dir)
     try:
-        manifests = {name: read_manifest(args.manifests / f"{name}.csv") for name in ("dynamic", "static")}
+        manifests = {name: read_manifest(prepared / f"{name}.csv") for name in ("dynamic", "static")}
     except (FileNotFoundError, ValueError) as e:
-        parser.error(str(e))
-    report = validate_manifests(
-        manifests, {"dynamic": args.dynamic_root, "static": args.static_root}, args.out, args.clip_length,
-        min_class_share=args.min_class_share, max_class_share=args.max_class_share, min_size=args.min_size,
-        data_docs=not args.no_data_docs)
+        print(f"validate: {e} (run the prepare stage first)", file=sys.stderr)
+        return 1
+    clip_length = (params.model.num_frames - 1) * params.data.frame_stride + 1
+    bounds = params.validate
+    # Prepared manifests hold paths relative to the project folder.
+    report = validate_manifests(manifests, {name: Path(".") for name in manifests}, args.out, clip_length,
+                                min_class_share=bounds.min_class_share, max_class_share=bounds.max_class_share,
+                                min_size=bounds.min_size)
     print(report.summary())
+    if report.docs_index:
+        print(f"Data Docs: {report.docs_index}")
     return 0 if report.success else 1
 
 

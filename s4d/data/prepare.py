@@ -1,0 +1,101 @@
+"""`prepare` stage: dataset roots -> the prepared manifests every later stage reads.
+
+For each task (dynamic = videos, static = images) the configured reader turns the dataset root into a
+manifest; raw video files (a `folder` dataset of .mp4/.mov/...) go through face detection, alignment and
+cropping into frame folders; a val split is carved from train when the dataset has none (identity-
+disjoint when identities are known). Paths are rewritten relative to the project folder.
+
+Writes <prepared_dir>/dynamic.csv, static.csv, summary.json (counts) and, for raw media, faces/<task>/
+(crops) with faces_<task>.json (what was skipped and why).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from s4d.config import DatasetConfig, Params
+from s4d.data.manifest import conform, write_manifest
+from s4d.data.readers import VIDEO_SUFFIXES, carve_val, read_dataset
+from s4d.stage import load_stage_params, stage_parser
+
+TASKS = ("dynamic", "static")
+
+
+def is_raw_video(path: str) -> bool:
+    return path.lower().endswith(VIDEO_SUFFIXES)
+
+
+def crop_faces(manifest: pd.DataFrame, dataset_root: Path, out_root: Path, params: Params) -> tuple[pd.DataFrame, dict]:
+    """Rows pointing at raw video files -> rows pointing at aligned face-crop frame folders."""
+    from s4d.data.preprocess import preprocess_media
+
+    report = preprocess_media(manifest, out_root, size=params.data.face_size, workers=params.data.workers or 1,
+                              media_root=dataset_root)
+    rows = report.manifest()
+    if rows.empty:
+        raise ValueError(f"no face found in any of the {len(manifest)} videos under {dataset_root}; "
+                         f"see {out_root}")
+    rows["path"] = [str(out_root / p) for p in rows["path"]]
+    return conform(rows), report.to_dict()
+
+
+def prepare_task(task: str, dataset: DatasetConfig, params: Params) -> tuple[pd.DataFrame, dict]:
+    root = Path(dataset.root)
+    manifest = read_dataset(dataset.reader, root, dataset.fold)
+    info: dict = {"reader": dataset.reader, "root": str(root), "fold": dataset.fold}
+    raw = manifest["path"].map(is_raw_video)
+    if raw.any():
+        faces_dir = Path(params.data.prepared_dir) / "faces" / task
+        cropped, report = crop_faces(manifest[raw], root, faces_dir, params)
+        info["faces"] = {"written": report["written"], "skipped": report["skipped_count"],
+                         "report": str(faces_dir.parent / f"faces_{task}.json")}
+        write_json(faces_dir.parent / f"faces_{task}.json", report)
+        done = manifest[~raw].assign(path=[str(root / p) for p in manifest.loc[~raw, "path"]])
+        manifest = pd.concat([done, cropped], ignore_index=True)
+    else:
+        manifest = manifest.assign(path=[str(root / p) for p in manifest["path"]])
+    manifest = carve_val(manifest, params.data.val_fraction, params.data.seed)
+    info["counts"] = {split: {str(k): int(v) for k, v in rows["label_name"].value_counts().sort_index().items()}
+                      for split, rows in manifest.groupby("split")}
+    return conform(manifest), info
+
+
+def prepare(params: Params) -> dict:
+    out = Path(params.data.prepared_dir)
+    summary = {}
+    for task in TASKS:
+        manifest, info = prepare_task(task, getattr(params.data, task), params)
+        write_manifest(manifest, out / f"{task}.csv")
+        summary[task] = info
+        sizes = ", ".join(f"{split} {sum(c.values())}" for split, c in info["counts"].items())
+        print(f"{task}: {len(manifest)} {manifest['modality'].iloc[0]}s from {info['reader']} ({sizes})")
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from s4d.data.readers import DatasetError
+
+    args = stage_parser(__doc__).parse_args(argv)
+    params = load_stage_params(args)
+    try:
+        prepare(params)
+    except (DatasetError, KeyError, ValueError) as e:
+        print(f"prepare failed: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
