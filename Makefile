@@ -10,6 +10,8 @@ STAMP := $(VENV)/.installed
 # No telemetry, no hub look-ups: this project never reaches the network at run time.
 export DO_NOT_TRACK=1 BENTOML_DO_NOT_TRACK=true DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE=1
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
+# Idle OpenMP workers sleep instead of spinning (DeepSpeed runs threads of its own beside torch's).
+export OMP_WAIT_POLICY=PASSIVE
 
 .PHONY: repro test env bench
 

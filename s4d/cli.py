@@ -9,7 +9,11 @@ import sys
 COMMANDS = {
     "generate": ("s4d.data.synthetic", "render the embedded synthetic expression dataset (data/synthetic)"),
     "faces": ("s4d.data.preprocess", "detect, align and crop faces in a folder of videos/images"),
-    "validate": ("s4d.data.validate", "check dataset manifests with Great Expectations (writes Data Docs)"),
+    "prepare": ("s4d.data.prepare", "stage: dataset roots -> prepared manifests (face crops for raw videos)"),
+    "validate": ("s4d.data.validate", "stage: check the prepared manifests with Great Expectations"),
+    "pretrain": ("s4d.train.pretrain", "stage: dual-modal MAE pretraining under DeepSpeed ZeRO"),
+    "finetune": ("s4d.train.finetune", "stage: S4D joint fine-tuning (static + dynamic, MoAE)"),
+    "evaluate": ("s4d.train.evaluate", "stage: multi-view test metrics, confusion matrix, routing"),
 }
 
 

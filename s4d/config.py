@@ -115,7 +115,7 @@ class PretrainConfig:
     clip_grad: float = rng(1.0, 0.0, 1000.0)
     zero_stage: int = rng(2, 0, 3)
     nproc_per_node: int = rng(1, 1, 64)  # > 1: the stage starts torchrun with this many processes
-    bf16: str = rng("auto", choices=("auto", "on", "off"))  # auto: on CUDA with bf16 support
+    precision: str = rng("auto", choices=("auto", "bf16", "fp32"))  # auto: bf16 on CUDA that has it
     checkpoint_every: int = rng(200, 1, 10**9)  # steps
     keep_last: int = rng(2, 1, 1000)
     seed: int = 0
@@ -140,7 +140,7 @@ class FinetuneConfig:
     cutmix: float = rng(0.0, 0.0, 10.0)
     patience: int = rng(5, 1, 10000)  # epochs without val improvement before stopping
     select_metric: str = rng("uar", choices=("uar", "war"))
-    bf16: str = rng("auto", choices=("auto", "on", "off"))
+    precision: str = rng("auto", choices=("auto", "bf16", "fp32"))  # also used by evaluate
     seed: int = 0
 
 

@@ -40,6 +40,16 @@ class S4DClassifier(VideoViT):
             raise ValueError("this model is video-only (num_static_classes = 0): it has no head for images")
         return self.head_static(feats)
 
+    # Hooks read by timm's optimizer factory (layer-wise LR decay and weight decay).
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Layer groups: patch embedding, then one per block; fc_norm and the heads are left unmatched so
+        they form the last group (LR scale 1). timm's `(99999,)` suffix would merge them into the last block."""
+        return {"stem": r"^patch_embed", "blocks": [(r"^blocks\.(\d+)", None)]}
+
+    def no_weight_decay(self) -> set[str]:
+        """The stacked expert biases are 2-D, so timm's "no decay on 1-D tensors" rule misses them."""
+        return {"pos_embed", "*.moe_layer.experts.fc*.bias"}
+
     def balance_loss(self) -> torch.Tensor:
         """Sum of the MoAE load-balancing losses of the last forward (0 without MoAE)."""
         losses = [layer.balance_loss for layer in self.moae_layers()]

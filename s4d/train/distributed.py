@@ -56,10 +56,9 @@ def shutdown() -> None:
         torch.distributed.destroy_process_group()
 
 
-def use_bf16(flag: str) -> bool:
-    """params' bf16 switch: "auto" means where the hardware has it (a CUDA device with bf16)."""
-    if flag == "on":
-        return True
-    if flag == "off":
-        return False
+def use_bf16(precision: str) -> bool:
+    """params' precision: "bf16" always (CPU autocast too), "fp32" never, "auto" where the hardware has
+    it (a CUDA device with bf16)."""
+    if precision in ("bf16", "fp32"):
+        return precision == "bf16"
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()

@@ -140,7 +140,7 @@ def pretrain(params: Params, out_dir: Path = Path("artifacts/pretrain")) -> dict
     total_steps = cfg.epochs * (video_steps + image_steps)
 
     model = MaskedAutoencoder(model_cfg)
-    bf16 = use_bf16(cfg.bf16)
+    bf16 = use_bf16(cfg.precision)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "token" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1 or "token" in n]
     global_video_batch = cfg.batch_size * dist.world_size
