@@ -30,27 +30,27 @@ def rng(default: Any, lo: float | None = None, hi: float | None = None, choices:
 @dataclass
 class MoAEConfig:
     layers: int = rng(3, 0, 64)  # MoAE on the last `layers` blocks; 0 = vanilla multi-task (no MoAE)
-    experts: int = rng(8, 1, 64)
-    top_k: int = rng(2, 1, 8)
-    bottleneck: int = rng(48, 1, 4096)
+    experts: int = rng(8, 1, 64)  # bottleneck adapters per MoAE layer
+    top_k: int = rng(2, 1, 8)  # experts each token is routed to (noisy top-k while training)
+    bottleneck: int = rng(48, 1, 4096)  # adapter hidden width
     capacity_factor: float = rng(1.25, 0.1, 16.0)  # slots per expert = factor * tokens * top_k / experts
 
 
 @dataclass
 class ModelConfig:
-    img_size: int = rng(64, 16, 1024)
-    patch_size: int = rng(8, 2, 64)
-    num_frames: int = rng(8, 2, 128)
-    tubelet_size: int = rng(2, 1, 8)
-    embed_dim: int = rng(192, 16, 4096)
-    depth: int = rng(6, 1, 64)
+    img_size: int = rng(64, 16, 1024)  # square input frames, pixels
+    patch_size: int = rng(8, 2, 64)  # tubelet height and width, pixels
+    num_frames: int = rng(8, 2, 128)  # frames per clip
+    tubelet_size: int = rng(2, 1, 8)  # frames per tubelet; an image is repeated to one tubelet
+    embed_dim: int = rng(192, 16, 4096)  # encoder width
+    depth: int = rng(6, 1, 64)  # encoder blocks
     num_heads: int = rng(3, 1, 64)
     mlp_ratio: float = rng(4.0, 0.5, 16.0)
-    drop_path: float = rng(0.1, 0.0, 0.9)
+    drop_path: float = rng(0.1, 0.0, 0.9)  # stochastic depth at the last block (fine-tuning only)
     # sincos3d: separate time/height/width channels; sincos_flat: over the flattened token index, as in
     # the published VideoMAE / MAE-DFER / S4D checkpoints (use it when loading those).
     pos_embed: str = rng("sincos3d", choices=("sincos3d", "sincos_flat"))
-    decoder_dim: int = rng(128, 16, 4096)
+    decoder_dim: int = rng(128, 16, 4096)  # MAE decoder width (pretraining only)
     decoder_depth: int = rng(2, 1, 32)
     decoder_heads: int = rng(4, 1, 64)
     moae: MoAEConfig = field(default_factory=MoAEConfig)
@@ -72,7 +72,7 @@ def base_profile() -> ModelConfig:
 # ----------------------------------------------------------------------------------------------- data
 @dataclass
 class DatasetConfig:
-    reader: str = "synthetic_video"  # a name in s4d.data.readers.READERS
+    reader: str = "synthetic_video"  # dfew, ferv39k, mafw, rafdb, affectnet, affectnet8, ferplus, folder, synthetic_*
     root: str = "data/synthetic/videos"
     fold: int = rng(1, 1, 5)  # for 5-fold datasets (DFEW, MAFW)
 
@@ -86,9 +86,9 @@ class DataConfig:
     face_size: int = rng(112, 32, 1024)  # aligned face crops written for raw videos, pixels
     val_fraction: float = rng(0.15, 0.0, 0.5)  # carved from train when the dataset has no val split
     seed: int = 0  # for the val carve
-    frame_stride: int = rng(2, 1, 16)  # sample every n-th frame for a clip
-    workers: int = rng(2, 0, 64)
-    balanced_sampling: bool = False
+    frame_stride: int = rng(2, 1, 16)  # a clip takes every n-th frame
+    workers: int = rng(2, 0, 64)  # data loader / face detection processes
+    balanced_sampling: bool = False  # fine-tuning draws each class equally often
 
 
 @dataclass
@@ -101,13 +101,13 @@ class ValidateConfig:
 # ------------------------------------------------------------------------------------------- training
 @dataclass
 class PretrainConfig:
-    epochs: int = rng(4, 1, 10000)
-    batch_size: int = rng(16, 1, 4096)  # per rank
+    epochs: int = rng(4, 1, 10000)  # an epoch is one pass over the training videos
+    batch_size: int = rng(16, 1, 4096)  # videos per rank and step
     image_batch_size: int = rng(64, 1, 16384)  # per rank; images are 1 tubelet, so they are cheap
     image_step_share: float = rng(0.5, 0.0, 1.0)  # share of steps that are image steps
-    video_mask_ratio: float = rng(0.9, 0.0, 0.99)
-    image_mask_ratio: float = rng(0.75, 0.0, 0.99)
-    tube_masking: bool = False
+    video_mask_ratio: float = rng(0.9, 0.0, 0.99)  # share of video tokens hidden (paper: 0.95)
+    image_mask_ratio: float = rng(0.75, 0.0, 0.99)  # share of image tokens hidden (paper: 0.9)
+    tube_masking: bool = False  # hide the same patches in every frame (else random per token)
     base_lr: float = rng(1.5e-4, 0.0, 1.0)  # lr = base_lr * global_batch / 256
     min_lr: float = rng(1e-6, 0.0, 1.0)
     weight_decay: float = rng(0.05, 0.0, 1.0)
@@ -116,30 +116,30 @@ class PretrainConfig:
     zero_stage: int = rng(2, 0, 3)
     nproc_per_node: int = rng(1, 1, 64)  # > 1: the stage starts torchrun with this many processes
     precision: str = rng("auto", choices=("auto", "bf16", "fp32"))  # auto: bf16 on CUDA that has it
-    checkpoint_every: int = rng(200, 1, 10**9)  # steps
-    keep_last: int = rng(2, 1, 1000)
+    checkpoint_every: int = rng(200, 1, 10**9)  # steps between resumable checkpoints
+    keep_last: int = rng(2, 1, 1000)  # checkpoints kept
     seed: int = 0
 
 
 @dataclass
 class FinetuneConfig:
     init: str = "pretrain"  # "pretrain" (our MAE output), "scratch", or a path to a checkpoint file
-    epochs: int = rng(10, 1, 10000)
-    batch_size: int = rng(16, 1, 4096)
-    image_batch_size: int = rng(32, 1, 16384)
+    epochs: int = rng(10, 1, 10000)  # an epoch is one pass over the training videos
+    batch_size: int = rng(16, 1, 4096)  # videos per dynamic step
+    image_batch_size: int = rng(32, 1, 16384)  # images per static step
     static_share: float = rng(0.5, 0.0, 1.0)  # share of steps on static data; 0 = video-only baseline
-    base_lr: float = rng(5e-4, 0.0, 1.0)
+    base_lr: float = rng(5e-4, 0.0, 1.0)  # lr = base_lr * batch_size / 256
     min_lr: float = rng(1e-6, 0.0, 1.0)
     weight_decay: float = rng(0.05, 0.0, 1.0)
-    layer_decay: float = rng(0.75, 0.0, 1.0)
+    layer_decay: float = rng(0.75, 0.0, 1.0)  # LR scale per block below the head (layer-wise decay)
     warmup_epochs: float = rng(1.0, 0.0, 1000.0)
     clip_grad: float = rng(1.0, 0.0, 1000.0)
     balance_weight: float = rng(0.01, 0.0, 10.0)  # MoAE load-balancing loss weight
     label_smoothing: float = rng(0.1, 0.0, 0.5)
-    mixup: float = rng(0.0, 0.0, 10.0)
-    cutmix: float = rng(0.0, 0.0, 10.0)
+    mixup: float = rng(0.0, 0.0, 10.0)  # mixup alpha (0 = off)
+    cutmix: float = rng(0.0, 0.0, 10.0)  # cutmix alpha (0 = off)
     patience: int = rng(5, 1, 10000)  # epochs without val improvement before stopping
-    select_metric: str = rng("uar", choices=("uar", "war"))
+    select_metric: str = rng("uar", choices=("uar", "war"))  # the val metric that picks the checkpoint
     precision: str = rng("auto", choices=("auto", "bf16", "fp32"))  # also used by evaluate
     seed: int = 0
 
@@ -148,7 +148,7 @@ class FinetuneConfig:
 class EvaluateConfig:
     clips: int = rng(2, 1, 32)  # temporal views per video
     crops: int = rng(1, 1, 3)  # spatial views per clip (1 = centre; 3 = left/centre/right)
-    batch_size: int = rng(16, 1, 4096)
+    batch_size: int = rng(16, 1, 4096)  # videos per forward (each with clips x crops views)
 
 
 @dataclass
@@ -246,3 +246,43 @@ def model_from_dict(d: dict) -> ModelConfig:
         raise ConfigError(f"checkpoint model config: {_describe(e)}") from None
     check_ranges(cfg, "model.")
     return cfg
+
+
+# ------------------------------------------------------------------------------------ params.yaml
+def field_comments(cls: type) -> dict[str, str]:
+    """The `# ...` comment on each field's line in a dataclass's source (what the field means)."""
+    import inspect
+    import re
+
+    comments = {}
+    for line in inspect.getsource(cls).splitlines():
+        if m := re.match(r"\s+(\w+): [^#]*#\s*(.*)$", line):
+            comments[m[1]] = m[2]
+    return comments
+
+
+def params_yaml(obj: Any = None, indent: int = 0) -> str:
+    """params.yaml text for a dataclass tree (default: the built-in defaults), commented from the source."""
+    import yaml
+
+    obj = Params() if obj is None else obj
+    comments = field_comments(type(obj)) if dataclasses.is_dataclass(obj) else {}
+    items = ([(f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj)] if dataclasses.is_dataclass(obj)
+             else list(obj.items()))
+    lines, pad = [], " " * indent
+    for key, value in items:
+        comment = f"  # {comments[key]}" if key in comments else ""
+        if dataclasses.is_dataclass(value) or isinstance(value, dict):
+            lines.append(f"{pad}{key}:{comment}")
+            lines.append(params_yaml(value, indent + 2))
+        else:
+            scalar = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...").strip()
+            lines.append(f"{pad}{key}: {scalar}{comment}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    # `python -m s4d.config > params.yaml` writes the defaults with their comments.
+    print("# Every hyperparameter of s4d-ops (schema and allowed ranges: s4d/config.py). Stages read this file;")
+    print("# override a value per run with `key=value` arguments, e.g. `s4d finetune finetune.epochs=3`.")
+    print(params_yaml())

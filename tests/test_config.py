@@ -57,3 +57,14 @@ def test_bad_params_name_the_key(tmp_path, text, overrides, message):
 def test_missing_params_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_params_yaml_is_the_commented_default_dump():
+    """`python -m s4d.config > params.yaml` regenerates it; the committed file holds the schema defaults,
+    so code and params.yaml cannot drift apart silently."""
+    from s4d.config import params_yaml
+
+    assert load_params(ROOT / "params.yaml") == Params()
+    text = (ROOT / "params.yaml").read_text()
+    assert params_yaml() in text
+    assert "layers: 3  # MoAE on the last `layers` blocks" in text
