@@ -14,6 +14,10 @@ COMMANDS = {
     "pretrain": ("s4d.train.pretrain", "stage: dual-modal MAE pretraining under DeepSpeed ZeRO"),
     "finetune": ("s4d.train.finetune", "stage: S4D joint fine-tuning (static + dynamic, MoAE)"),
     "evaluate": ("s4d.train.evaluate", "stage: multi-view test metrics, confusion matrix, routing"),
+    "gate": ("s4d.gate", "stage: candidate vs floors and the champion (artifacts/gate/decision.json)"),
+    "package": ("s4d.package", "stage: promote the gated candidate and build the bento (skips on a failed gate)"),
+    "registry": ("s4d.registry", "champion registry: list, show, promote TAG, rollback"),
+    "retrain": ("flows.retrain", "run the Prefect retraining flow once, here (no deployment needed)"),
 }
 
 

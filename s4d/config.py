@@ -152,6 +152,15 @@ class EvaluateConfig:
 
 
 @dataclass
+class GateConfig:
+    min_uar: float = rng(0.25, 0.0, 1.0)  # absolute floor on the dynamic test UAR (7 classes: chance 0.14)
+    min_war: float = rng(0.25, 0.0, 1.0)  # absolute floor on the dynamic test WAR
+    max_uar_drop: float = rng(0.01, 0.0, 1.0)  # tolerated UAR drop vs the champion, absolute (0.01 = 1 point)
+    max_war_drop: float = rng(0.01, 0.0, 1.0)  # tolerated WAR drop vs the champion
+    reevaluate_champion: bool = True  # score the champion on the candidate's test split (else: stored metrics)
+
+
+@dataclass
 class Params:
     profile: str = "tiny"  # key of `models` the stages build
     models: Dict[str, ModelConfig] = field(
@@ -162,6 +171,7 @@ class Params:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
 
     @property
     def model(self) -> ModelConfig:

@@ -113,3 +113,16 @@ def test_two_nodes_with_one_launcher_each(micro_project):
     summary = (micro_project / "artifacts/pretrain/summary.json").read_text()
     assert '"world_size": 2' in summary and '"zero_stage": 3' in summary
     assert len(losses(micro_project)) == 24
+
+
+def test_changed_data_does_not_resume_an_old_run(micro_project):
+    """Same params, other data: the old checkpoints are not resumed (they are cleared, training restarts)."""
+    first = run_module("s4d.train.pretrain", *ONE_RANK, "pretrain.epochs=1", cwd=micro_project, env=ENV)
+    assert first.returncode == 0, first.stderr[-3000:]
+    manifest = micro_project / "artifacts/prepared/dynamic.csv"
+    lines = manifest.read_text().splitlines()
+    manifest.write_text("\n".join(lines[:-1]) + "\n")  # one video fewer
+    again = run_module("s4d.train.pretrain", *ONE_RANK, "pretrain.epochs=1", cwd=micro_project, env=ENV)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming" not in again.stdout
+    assert [s for s, _, _ in losses(micro_project)][0] == 1

@@ -332,8 +332,6 @@ def main(argv: list[str] | None = None) -> int:
                                 min_class_share=bounds.min_class_share, max_class_share=bounds.max_class_share,
                                 min_size=bounds.min_size)
     print(report.summary())
-    if report.docs_index:
-        print(f"Data Docs: {report.docs_index}")
     return 0 if report.success else 1
 
 

@@ -76,11 +76,15 @@ def masking_noise(shape: tuple[int, ...], seed: int, step: int, rank: int, world
 
 
 # --------------------------------------------------------------------------------------- checkpoints
-def params_fingerprint(params: Params) -> str:
-    """What a checkpoint must match to be resumed: the model, data and pretraining settings."""
+def run_fingerprint(params: Params) -> str:
+    """What a checkpoint must match to be resumed: the model, data and pretraining settings and the
+    prepared manifests' contents (new data with the same params must not resume an old run)."""
     relevant = {"model": to_dict(params.model), "pretrain": to_dict(params.pretrain),
                 "data": to_dict(params.data)}
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode())
+    for task in ("dynamic", "static"):
+        digest.update((Path(params.data.prepared_dir) / f"{task}.csv").read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def save_training_state(engine, ckpt_dir: Path, state: dict, dist: Dist, keep_last: int) -> None:
@@ -92,6 +96,7 @@ def save_training_state(engine, ckpt_dir: Path, state: dict, dist: Dist, keep_la
     torch.save(rng, ckpt_dir / tag / f"rng_rank{dist.rank}.pt")
     torch.distributed.barrier()
     if dist.is_main:
+        (ckpt_dir / tag / "fingerprint").write_text(state["fingerprint"])
         tmp = ckpt_dir / f".latest.tmp-{os.getpid()}"
         tmp.write_text(tag)
         os.replace(tmp, ckpt_dir / "latest")
@@ -106,9 +111,10 @@ def restore_training_state(engine, ckpt_dir: Path, dist: Dist, fingerprint: str)
     if not latest.is_file():
         return None
     tag = latest.read_text().strip()
+    stamp = ckpt_dir / tag / "fingerprint"
+    if not stamp.is_file() or stamp.read_text() != fingerprint:
+        return None  # another run's checkpoint (other params or data): start over, load nothing
     _, state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
-    if state is None or state.get("fingerprint") != fingerprint:
-        raise RuntimeError(f"{ckpt_dir / tag} belongs to other params; delete {ckpt_dir} to start over")
     rng = torch.load(ckpt_dir / tag / f"rng_rank{dist.rank}.pt", weights_only=False)
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])
@@ -157,8 +163,13 @@ def pretrain(params: Params, out_dir: Path = Path("artifacts/pretrain")) -> dict
 
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out_dir / "checkpoints"
-    fingerprint = params_fingerprint(params)
-    state = restore_training_state(engine, ckpt_dir, dist, fingerprint) or {"step": 0}
+    fingerprint = run_fingerprint(params)
+    state = restore_training_state(engine, ckpt_dir, dist, fingerprint)
+    if state is None:
+        torch.distributed.barrier()
+        if dist.is_main and ckpt_dir.exists():  # stale checkpoints of another run must not be resumed later
+            shutil.rmtree(ckpt_dir)
+        state = {"step": 0}
     step = state["step"]
     log_path = out_dir / "log.csv"
     if dist.is_main:

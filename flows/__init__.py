@@ -1,0 +1,1 @@
+"""Prefect orchestration of the s4d-ops pipeline (`flows.retrain.retrain`; deployments in prefect.yaml)."""

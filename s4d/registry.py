@@ -1,0 +1,472 @@
+"""Champion registry in the BentoML model store.
+
+    python -m s4d.registry list                 # candidates and the champion history (current marked)
+    python -m s4d.registry show [TAG]           # the current champion (or any model) with its lineage
+    python -m s4d.registry promote TAG [--build] [--reason TEXT]   # make a candidate the champion
+    python -m s4d.registry rollback [--build]   # back to the champion before the current one
+
+Candidates are saved as `s4d-dfer` (by `serving.store.save_to_store`), with metadata: metrics, params, data
+version, gate decision. The champion is the model `s4d-champion`: each promotion (and each rollback) adds a
+new version holding a copy of the candidate's files, labelled and annotated with the candidate's metrics,
+params and data version, so `s4d-champion:latest` is always what should serve, and the store keeps the
+full history. A champion version records the champions below it (`stack_below`): rollback restores the
+top of that stack as a new version, so a second rollback goes one further back.
+
+`--build` also rebuilds the bento for the new champion (`s4d.package.build_bento`). A file lock in the store
+serialises promotions. `BENTOML_HOME` picks the store (`use_home()` switches it in-process).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+CANDIDATE = "s4d-dfer"
+CHAMPION = "s4d-champion"
+CHECKPOINT_SUFFIXES = (".pt", ".pth")
+BENTOML_FILES = ("model.yaml",)  # written by bentoml itself for each version: never copied
+
+
+class RegistryError(RuntimeError):
+    """A registry operation that cannot be done (unknown tag, nothing to roll back to)."""
+
+
+@dataclass
+class ModelRecord:
+    """One version of a candidate or champion, as the registry reads it from the store."""
+    tag: str
+    name: str
+    created: str
+    path: str
+    checkpoint: Optional[str]  # the checkpoint file inside the model folder
+    labels: dict
+    metadata: dict
+    # champion-only (read from metadata)
+    revision: int = 0
+    action: str = ""  # promote | rollback
+    source: str = ""  # the candidate tag this champion's files came from
+    stack_below: list = field(default_factory=list)
+
+    @property
+    def metrics(self) -> dict:
+        return self.metadata.get("metrics") or {}
+
+    @property
+    def checkpoint_sha256(self) -> Optional[str]:
+        return self.metadata.get("checkpoint_sha256")
+
+    @property
+    def data_version(self) -> dict:
+        """The structured data version (`data_lineage`); `metadata["data_version"]` is its one-line form."""
+        lineage = self.metadata.get("data_lineage")
+        if isinstance(lineage, dict):
+            return lineage
+        dv = self.metadata.get("data_version")
+        return {"id": dv} if dv else {}
+
+    def brief(self) -> dict:
+        dyn = self.metrics.get("dynamic") or {}
+        return {"tag": self.tag, "created": self.created, "revision": self.revision or None,
+                "action": self.action or None, "source": self.source or None,
+                "uar": dyn.get("uar"), "war": dyn.get("war"), "data": self.data_version.get("id")}
+
+
+# ChampionInfo is what current_champion() / history() return.
+ChampionInfo = ModelRecord
+
+
+# ------------------------------------------------------------------------------------------ the store
+@contextlib.contextmanager
+def use_home(home: str | Path) -> Iterator[Path]:
+    """Point BentoML (in this process and in subprocesses started meanwhile) at the store in `home`."""
+    from bentoml._internal.bento import BentoStore
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models import ModelStore
+
+    home = Path(home).resolve()
+    (home / "models").mkdir(parents=True, exist_ok=True)
+    (home / "bentos").mkdir(parents=True, exist_ok=True)
+    old = os.environ.get("BENTOML_HOME")
+    os.environ["BENTOML_HOME"] = str(home)
+    c = BentoMLContainer
+    try:
+        with c.bentoml_home.patch(str(home)), c.model_store_dir.patch(str(home / "models")), \
+                c.bento_store_dir.patch(str(home / "bentos")), c.tmp_bento_store_dir.patch(str(home / "tmp")), \
+                c.model_store.patch(ModelStore(str(home / "models"))), \
+                c.bento_store.patch(BentoStore(str(home / "bentos"))):
+            yield home
+    finally:
+        if old is None:
+            os.environ.pop("BENTOML_HOME", None)
+        else:
+            os.environ["BENTOML_HOME"] = old
+
+
+def _store():
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    return BentoMLContainer.model_store.get()
+
+
+@contextlib.contextmanager
+def _lock() -> Iterator[None]:
+    """One promotion / rollback at a time (flock on a file beside the model store)."""
+    store_dir = Path(_store()._path)
+    store_dir.mkdir(parents=True, exist_ok=True)
+    with open(store_dir / f".{CHAMPION}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _checkpoint_in(path: Path, metadata: dict) -> Optional[Path]:
+    named = metadata.get("checkpoint_file")
+    if named and (path / named).is_file():
+        return path / named
+    found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES)
+    return found[0] if found else None
+
+
+def _record(model) -> ModelRecord:
+    meta = dict(model.info.metadata or {})
+    path = Path(model.path)
+    ckpt = _checkpoint_in(path, meta)
+    created = model.info.creation_time
+    return ModelRecord(tag=str(model.tag), name=model.tag.name, created=created.isoformat(), path=str(path),
+                       checkpoint=str(ckpt) if ckpt else None, labels=dict(model.info.labels or {}), metadata=meta,
+                       revision=int(meta.get("revision", 0) or 0), action=str(meta.get("action", "")),
+                       source=str(meta.get("source", "")), stack_below=list(meta.get("stack_below") or []))
+
+
+def _list(name: str) -> list[ModelRecord]:
+    """Every complete version of `name` (a version still being copied in by another process is skipped)."""
+    import bentoml
+    from bentoml.exceptions import BentoMLException
+
+    folder = Path(_store()._path) / name
+    if not folder.is_dir():
+        return []
+    records = []
+    for version in sorted(p.name for p in folder.iterdir() if p.is_dir()):
+        try:
+            records.append(_record(bentoml.models.get(f"{name}:{version}")))
+        except (BentoMLException, OSError):
+            continue
+    return records
+
+
+def get(tag: str) -> ModelRecord:
+    import bentoml
+    from bentoml.exceptions import BentoMLException
+
+    try:
+        return _record(bentoml.models.get(tag))
+    except BentoMLException as e:
+        raise RegistryError(f"{tag}: {e}") from None
+
+
+def candidates() -> list[ModelRecord]:
+    """Candidate versions, oldest first."""
+    return sorted(_list(CANDIDATE), key=lambda r: r.created)
+
+
+def history() -> list[ModelRecord]:
+    """Champion versions, oldest first (by revision)."""
+    return sorted(_list(CHAMPION), key=lambda r: (r.revision, r.created))
+
+
+def current_champion() -> Optional[ModelRecord]:
+    champions = history()
+    return champions[-1] if champions else None
+
+
+# ------------------------------------------------------------------------------------------ metadata
+def clean_metadata(obj: Any) -> Any:
+    """BentoML metadata takes basic types only: drop None values, stringify what is not basic."""
+    if isinstance(obj, dict):
+        return {str(k): clean_metadata(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, (list, tuple)):
+        return [clean_metadata(v) if v is not None else "" for v in obj]
+    if isinstance(obj, (str, bool, int, float)):
+        return obj
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _git(*args: str, cwd: Path) -> Optional[str]:
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _dvc_md5(dvc_file: Path) -> Optional[dict]:
+    """md5 (and size / nfiles) of the first output of a .dvc file."""
+    if not dvc_file.is_file():
+        return None
+    try:
+        from omegaconf import OmegaConf
+        outs = OmegaConf.to_container(OmegaConf.load(dvc_file)).get("outs") or []
+    except Exception:  # noqa: BLE001 - a broken .dvc file is reported, not fatal here
+        return {"error": f"{dvc_file} is not readable"}
+    if not outs:
+        return None
+    return {k: outs[0][k] for k in ("path", "md5", "size", "nfiles") if k in outs[0]}
+
+
+def _lock_md5(lock_file: Path, stage: str, out_path: str) -> Optional[str]:
+    if not lock_file.is_file():
+        return None
+    try:
+        from omegaconf import OmegaConf
+        stages = OmegaConf.to_container(OmegaConf.load(lock_file)).get("stages") or {}
+    except Exception:  # noqa: BLE001
+        return None
+    for out in (stages.get(stage) or {}).get("outs") or []:
+        if out.get("path") == out_path:
+            return out.get("md5")
+    return None
+
+
+def data_version(params=None, root: str | Path = ".") -> dict:
+    """What data a model was trained on: the git revision of the project, the DVC hash of `data.dvc` and
+    of the prepared manifests in dvc.lock (when present), and sha256 of the prepared manifests themselves
+    (always; `id` is derived from them), plus the dataset readers/roots from params."""
+    root = Path(root)
+    prepared = root / (params.data.prepared_dir if params is not None else "artifacts/prepared")
+    manifests = {}
+    for task in ("dynamic", "static"):
+        p = prepared / f"{task}.csv"
+        manifests[task] = sha256_file(p) if p.is_file() else None
+    rev = _git("rev-parse", "HEAD", cwd=root)
+    dirty = _git("status", "--porcelain", "--untracked-files=no", cwd=root) if rev else None
+    combined = hashlib.sha256(json.dumps(manifests, sort_keys=True).encode()).hexdigest()[:12]
+    out = {"id": combined, "git_rev": rev, "git_dirty": bool(dirty) if rev else None,
+           "data_dvc": _dvc_md5(root / "data.dvc"),
+           "dvc_lock_prepared_md5": _lock_md5(root / "dvc.lock", "prepare", str(Path(prepared).relative_to(root))
+                                              if prepared.is_relative_to(root) else str(prepared)),
+           "manifests_sha256": manifests}
+    if params is not None:
+        out["datasets"] = {t: {"reader": getattr(params.data, t).reader, "root": getattr(params.data, t).root,
+                               "fold": getattr(params.data, t).fold} for t in ("dynamic", "static")}
+    return out
+
+
+# ------------------------------------------------------------------------------------------ writing
+def data_version_line(dv: dict) -> str:
+    """One line for BentoML labels / serving: `manifests:<id> git:<rev>[+dirty] data.dvc:<md5>`."""
+    rev = (str(dv.get("git_rev"))[:12] + ("+dirty" if dv.get("git_dirty") else "")) if dv.get("git_rev") else "-"
+    md5 = (dv.get("data_dvc") or {}).get("md5") or "-"
+    return f"manifests:{dv.get('id', '-')} git:{rev} data.dvc:{md5}"
+
+
+def save_candidate(checkpoint: str | Path, metadata: Optional[dict] = None) -> str:
+    """Save a fine-tuned checkpoint as a new `s4d-dfer` version through serving.store.save_to_store (the
+    serving side owns the layout and refuses a file that is not a classifier checkpoint); returns its tag.
+
+    A structured `data_version` dict in metadata is kept as `data_lineage`; `data_version` becomes its
+    one-line form (serving's contract: a string)."""
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise RegistryError(f"checkpoint {checkpoint} does not exist")
+    meta = dict(metadata or {})
+    if isinstance(meta.get("data_version"), dict):
+        meta["data_lineage"] = meta["data_version"]
+        meta["data_version"] = data_version_line(meta["data_version"])
+    meta = clean_metadata({**meta, "checkpoint_sha256": sha256_file(checkpoint)})
+    try:
+        from serving.store import save_to_store
+    except ImportError as e:
+        raise RegistryError(f"serving.store is not importable ({e}): cannot save a candidate") from None
+    try:
+        return str(save_to_store(str(checkpoint), name=CANDIDATE, metadata=meta))
+    except ValueError as e:  # serving refuses what is not a loadable classifier checkpoint
+        raise RegistryError(f"{checkpoint} cannot be saved as a candidate: {e}") from None
+
+
+def _labels(role: str, revision: int, action: str, source: str, meta: dict) -> dict:
+    dyn = (meta.get("metrics") or {}).get("dynamic") or {}
+    dv = meta.get("data_lineage") or {}
+    labels = {"project": "s4d-ops", "stage": role, "revision": str(revision), "action": action,
+              "source": source, "data_version": str(meta.get("data_version", "unknown"))}
+    for k in ("uar", "war"):
+        if isinstance(dyn.get(k), (int, float)):
+            labels[k] = f"{dyn[k]:.4f}"
+    if dv.get("id"):
+        labels["data"] = str(dv["id"])
+    if dv.get("git_rev"):
+        labels["git"] = str(dv["git_rev"])[:12]
+    return labels
+
+
+def _new_champion(source: ModelRecord, *, action: str, source_tag: str, stack_below: list[str], revision: int,
+                  extra: dict) -> ModelRecord:
+    """Copy a model's files into a new champion version (all or nothing: bentoml removes a failed one)."""
+    import bentoml
+
+    model = bentoml.models.get(source.tag)
+    carried = {k: v for k, v in source.metadata.items()
+               if k not in ("revision", "action", "source", "stack_below", "previous", "restores", "promoted_at",
+                            "reason")}
+    meta = clean_metadata({**carried, "revision": revision, "action": action, "source": source_tag,
+                           "stack_below": stack_below, "promoted_at": datetime.now(timezone.utc).isoformat(), **extra})
+    if source.checkpoint and "checkpoint_sha256" not in meta:
+        meta["checkpoint_sha256"] = sha256_file(source.checkpoint)
+    if source.checkpoint and "checkpoint_file" not in meta:
+        meta["checkpoint_file"] = str(Path(source.checkpoint).relative_to(source.path))
+    # A framework model (bentoml.pytorch...) keeps its module so its loader still accepts the copy.
+    framework = ({"module": model.info.module, "signatures": model.info.signatures, "options": model.info.options,
+                  "context": model.info.context} if model.info.module else {})
+    with bentoml.models.create(CHAMPION, labels=_labels("champion", revision, action, source_tag, meta),
+                               metadata=meta, **framework) as ref:
+        src = Path(source.path)
+        for item in src.iterdir():
+            if item.name in BENTOML_FILES:
+                continue
+            dest = Path(ref.path) / item.name
+            if item.is_dir():
+                shutil.copytree(item, dest)
+            else:
+                shutil.copy2(item, dest)
+    return get(str(ref.tag))
+
+
+def promote(tag: str, reason: str = "") -> ModelRecord:
+    """Make candidate `tag` (any model tag in the store) the champion: a new `s4d-champion` version."""
+    with _lock():
+        source = get(tag)
+        if source.name == CHAMPION:
+            raise RegistryError(f"{tag} is a champion version; promote a candidate ({CANDIDATE}:...) or use rollback")
+        current = current_champion()
+        stack = (current.stack_below + [current.tag]) if current else []
+        extra = {"previous": current.tag if current else "", "reason": reason}
+        return _new_champion(source, action="promote", source_tag=source.tag, stack_below=stack,
+                             revision=(current.revision if current else 0) + 1, extra=extra)
+
+
+def rollback(reason: str = "") -> ModelRecord:
+    """Back to the champion before the current one, as a new champion version (history is kept)."""
+    with _lock():
+        current = current_champion()
+        if current is None:
+            raise RegistryError("no champion to roll back")
+        if not current.stack_below:
+            raise RegistryError(f"{current.tag} is the first champion: there is no previous one to roll back to")
+        target_tag = current.stack_below[-1]
+        target = get(target_tag)
+        extra = {"previous": current.tag, "restores": target_tag, "reason": reason or f"rollback of {current.tag}"}
+        return _new_champion(target, action="rollback", source_tag=target.source or target_tag,
+                             stack_below=current.stack_below[:-1], revision=current.revision + 1, extra=extra)
+
+
+def undo_promotion(champion_tag: str) -> None:
+    """Remove a champion version nothing served yet (package: the bento build after promotion failed)."""
+    import bentoml
+
+    with _lock():
+        current = current_champion()
+        if current is None or current.tag != champion_tag:
+            raise RegistryError(f"{champion_tag} is not the current champion; not removed")
+        bentoml.models.delete(champion_tag)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def _print_record(r: ModelRecord, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(asdict(r) | {"brief": r.brief()}, indent=2, default=str))
+        return
+    b = r.brief()
+    print(f"{r.tag}")
+    for key in ("created", "revision", "action", "source", "uar", "war"):
+        if b.get(key) is not None:
+            print(f"  {key:<10} {b[key]}")
+    dv = r.data_version
+    if dv:
+        print(f"  data       id {dv.get('id')}  git {str(dv.get('git_rev'))[:12]}{' (dirty)' if dv.get('git_dirty') else ''}"
+              f"  data.dvc {(dv.get('data_dvc') or {}).get('md5', '-')}")
+    if r.stack_below:
+        print(f"  rollback   -> {r.stack_below[-1]}")
+    if r.checkpoint:
+        print(f"  checkpoint {r.checkpoint}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m s4d.registry", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="candidates and champion history")
+    show = sub.add_parser("show", help="the current champion, or TAG")
+    show.add_argument("tag", nargs="?")
+    pro = sub.add_parser("promote", help="make candidate TAG the champion")
+    pro.add_argument("tag")
+    pro.add_argument("--reason", default="manual promotion")
+    back = sub.add_parser("rollback", help="restore the previous champion")
+    back.add_argument("--reason", default="")
+    for p in (pro, back):
+        p.add_argument("--build", action="store_true", help="also rebuild the bento for the new champion")
+        p.add_argument("--bentofile", default="serving/bentofile.yaml")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "list":
+            champ = current_champion()
+            rows = {"champion": champ.tag if champ else None,
+                    "champions": [r.brief() for r in history()], "candidates": [r.brief() for r in candidates()]}
+            if args.json:
+                print(json.dumps(rows, indent=2, default=str))
+                return 0
+            print(f"champion: {rows['champion'] or '(none)'}")
+            print("champion history (oldest first):")
+            for b in rows["champions"]:
+                mark = "*" if b["tag"] == rows["champion"] else " "
+                print(f" {mark} {b['tag']:<40} r{b['revision']} {b['action']:<8} from {b['source']}  "
+                      f"UAR {b['uar']}  WAR {b['war']}")
+            print("candidates:")
+            for b in rows["candidates"]:
+                print(f"   {b['tag']:<40} UAR {b['uar']}  WAR {b['war']}  data {b['data']}")
+            return 0
+        if args.command == "show":
+            record = get(args.tag) if args.tag else current_champion()
+            if record is None:
+                print("no champion yet", file=sys.stderr)
+                return 1
+            _print_record(record, args.json)
+            return 0
+        record = promote(args.tag, args.reason) if args.command == "promote" else rollback(args.reason)
+        _print_record(record, args.json)
+        if args.build:
+            from s4d.package import build_bento, write_bento_json
+
+            built = build_bento(record.tag, Path(args.bentofile))
+            write_bento_json(Path("artifacts/package"), {"skipped": False, **built, "champion": record.tag,
+                                                         "via": f"registry {args.command}"})
+            print(f"bento {built['bento_tag']}")
+        return 0
+    except RegistryError as e:
+        print(f"registry: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
