@@ -22,9 +22,9 @@ class SyntheticConfig:
     test_fraction: float = 0.2  # identities in test
     # nuisances
     supersample: int = 2  # draw at this multiple of the output size, then INTER_AREA down (anti-aliasing)
-    occlusion_rate: float = 0.12  # share of samples with a hand/object in front of the face
+    occlusion_rate: float = 0.08  # share of samples with a hand/object in front of the face
     glasses_rate: float = 0.25  # share of identities wearing glasses
-    max_yaw_deg: float = 25.0  # head yaw range, +-degrees (pitch and roll use about half / a third)
+    max_yaw_deg: float = 25.0  # head yaw reaches about +-75 % of this; pitch about half, roll a fifth
     noise_std: float = 6.0  # upper bound of sensor noise, in 0..255 grey levels
     max_blur_sigma: float = 1.2  # upper bound of defocus blur, output pixels
     jpeg_quality_min: int = 45  # each sample is written at a quality drawn from [jpeg_quality_min, 95]

@@ -1,0 +1,218 @@
+"""The procedural expression dataset: layout, determinism, splits, dynamics and calibration."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from s4d.data.synthetic.__main__ import load_config, main
+from s4d.data.synthetic.config import SyntheticConfig
+from s4d.data.synthetic.face import AU, EMOTIONS, RAFDB_LABEL, UPPER_FACE
+from s4d.data.synthetic.generate import VERSION, generate
+from s4d.data.synthetic.plan import image_plan, video_plan
+from s4d.data.synthetic.sample import clip_scene, render_clip, render_image
+
+TINY = SyntheticConfig(video_identities=5, clips_per_identity=2, num_frames=4, frame_size=48, image_size=40,
+                       image_identity_ratio=2.0, images_per_identity=2)
+RAFDB_NAME = {v: k for k, v in RAFDB_LABEL.items()}
+
+
+def read_csv(path: Path) -> list:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def tree(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("one") / "synthetic"
+    generate(TINY, root=root, workers=1, progress=False)
+    return root
+
+
+def test_same_config_gives_identical_bytes_whatever_the_workers(tiny, tmp_path):
+    other = tmp_path / "synthetic"
+    generate(TINY, root=other, workers=2, progress=False)
+    a, b = tree(tiny), tree(other)
+    assert sorted(a) == sorted(b)
+    meta_a, meta_b = json.loads(a.pop("meta.json")), json.loads(b.pop("meta.json"))
+    assert meta_a["config"].pop("root") == str(tiny) and meta_b["config"].pop("root") == str(other)
+    assert meta_a == meta_b
+    assert a == b  # every JPEG and list file, byte for byte
+    reseeded = {**vars(TINY), "seed": 1}
+    assert render_clip(SyntheticConfig(**reseeded), 0)[0].tobytes() != render_clip(TINY, 0)[0].tobytes()
+
+
+def test_video_layout_is_dfew(tiny):
+    clips = video_plan(TINY)
+    assert len(clips) == TINY.video_identities * TINY.clips_per_identity
+    folders = sorted(p.name for p in (tiny / "videos" / "frames").iterdir())
+    assert folders == [f"{i:05d}" for i in range(1, len(clips) + 1)]
+    for name in folders:
+        frames = sorted(p.name for p in (tiny / "videos" / "frames" / name).iterdir())
+        assert frames == [f"{k:05d}.jpg" for k in range(1, TINY.num_frames + 1)]
+    image = cv2.imread(str(tiny / "videos" / "frames" / "00001" / "00001.jpg"))
+    assert image.shape == (TINY.frame_size, TINY.frame_size, 3)
+
+    lists = tiny / "videos" / "EmoLabel_DataSplit"
+    train = read_csv(lists / "train(single-labeled)" / "set_1.csv")
+    test = read_csv(lists / "test(single-labeled)" / "set_1.csv")
+    who = {r["video_name"]: r for r in read_csv(tiny / "videos" / "identities.csv")}
+    assert list(train[0]) == ["video_name", "label"] and list(next(iter(who.values()))) == [
+        "video_name", "identity", "split"]
+    assert sorted(r["video_name"] for r in train + test) == folders  # every clip listed exactly once
+    assert all(re.fullmatch(r"\d{5}", r["video_name"]) and 0 <= int(r["label"]) <= 6 for r in train + test)
+    assert {who[r["video_name"]]["split"] for r in train} <= {"train", "val"}  # val rides in the train list
+    assert {who[r["video_name"]]["split"] for r in test} == {"test"}
+    for row in train + test:  # labels agree with the plan, in DFEW order
+        assert EMOTIONS[int(row["label"])] == clips[int(row["video_name"]) - 1].emotion
+
+
+def test_image_layout_is_rafdb(tiny):
+    lines = (tiny / "images" / "EmoLabel" / "list_patition_label.txt").read_text().splitlines()
+    assert len(lines) == len(image_plan(TINY)) == round(TINY.video_identities * TINY.image_identity_ratio) * 2
+    who = {r["image_name"]: r for r in read_csv(tiny / "images" / "identities.csv")}
+    for line, sample in zip(lines, image_plan(TINY)):
+        name, label = line.split(" ")
+        assert re.fullmatch(r"(train|test)_\d{5}\.jpg", name) and 1 <= int(label) <= 7
+        assert RAFDB_NAME[int(label)] == sample.emotion
+        image = cv2.imread(str(tiny / "images" / "Image" / "aligned" / name.replace(".jpg", "_aligned.jpg")))
+        assert image.shape == (TINY.image_size, TINY.image_size, 3)
+        assert (who[name]["split"] == "test") == name.startswith("test_")
+    numbers = [int(n.split()[0][-9:-4]) for n in lines if n.startswith("train_")]
+    assert numbers == list(range(1, len(numbers) + 1))
+
+
+def test_meta_counts_match_the_files(tiny):
+    meta = json.loads((tiny / "meta.json").read_text())
+    assert meta["version"] == VERSION and meta["config"]["num_frames"] == TINY.num_frames
+    who = read_csv(tiny / "videos" / "identities.csv")
+    assert meta["videos"]["per_split"] == {s: sum(r["split"] == s for r in who) for s in ("train", "val", "test")}
+    assert sum(sum(c.values()) for c in meta["videos"]["per_class"].values()) == len(who)
+    assert meta["images"]["total"] == len(read_csv(tiny / "images" / "identities.csv"))
+    leftovers = [p for p in tiny.parent.iterdir() if ".tmp-" in p.name] + list(tiny.rglob("*.part"))
+    assert leftovers == []
+
+
+def test_splits_are_identity_disjoint_and_roughly_balanced():
+    cfg = SyntheticConfig(video_identities=40, clips_per_identity=6)
+    for plan in (video_plan(cfg), image_plan(cfg)):
+        people = {split: {s.identity for s in plan if s.split == split} for split in ("train", "val", "test")}
+        assert people["train"].isdisjoint(people["val"]) and people["train"].isdisjoint(people["test"])
+        assert people["val"].isdisjoint(people["test"]) and all(people.values())
+    videos = {s.identity for s in video_plan(cfg)}
+    images = {s.identity for s in image_plan(cfg)}
+    assert len(videos) == 40 and len(images) == 400 and videos.isdisjoint(images)
+    test_people = {s.identity for s in video_plan(cfg) if s.split == "test"}
+    assert len(test_people) == 8  # test_fraction 0.2
+    counts = Counter(s.emotion for s in video_plan(cfg))
+    share = {e: counts[e] / len(video_plan(cfg)) for e in EMOTIONS}
+    assert 0.1 < min(share.values()) < max(share.values()) < 0.2  # mild skew, every class present
+    assert max(share, key=share.get) == "happy" and min(share, key=share.get) == "disgust"
+
+
+def test_rendered_samples_equal_the_files(tiny):
+    frames, sample = render_clip(TINY, 2)
+    assert frames.shape == (TINY.num_frames, TINY.frame_size, TINY.frame_size, 3) and frames.dtype == np.uint8
+    on_disk = cv2.imread(str(tiny / "videos" / "frames" / sample.name / "00002.jpg"))[:, :, ::-1]
+    np.testing.assert_array_equal(frames[1], on_disk)
+    image, still = render_image(TINY, 0)
+    on_disk = cv2.imread(str(tiny / "images" / "Image" / "aligned" / f"{still.name}_aligned.jpg"))[:, :, ::-1]
+    np.testing.assert_array_equal(image, on_disk)
+
+
+def test_rerun_is_skipped_and_foreign_folders_are_refused(tiny, tmp_path, capsys):
+    stamp = (tiny / "meta.json").stat().st_mtime_ns
+    generate(TINY, root=tiny, workers=1, progress=False)
+    assert "already complete" in capsys.readouterr().out
+    assert (tiny / "meta.json").stat().st_mtime_ns == stamp
+    foreign = tmp_path / "not_a_dataset"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError):
+        generate(TINY, root=foreign, workers=1, progress=False)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_cli_reads_the_synthetic_section(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0 and "--workers" in capsys.readouterr().out
+    assert load_config(tmp_path / "missing.yaml") == SyntheticConfig()
+    params = tmp_path / "params.yaml"
+    params.write_text("synthetic:\n  seed: 3\n  video_identities: 3\n  clips_per_identity: 1\n  num_frames: 2\n"
+                      "  frame_size: 32\n  image_size: 32\n  image_identity_ratio: 1.0\n  images_per_identity: 1\n"
+                      "other_section: {x: 1}\n")
+    cfg = load_config(params)
+    assert (cfg.seed, cfg.video_identities, cfg.frame_size, cfg.root) == (3, 3, 32, "data/synthetic")
+    root = tmp_path / "cli"
+    assert main(["--params", str(params), "--root", str(root), "--workers", "1", "--no-progress"]) == 0
+    assert json.loads((root / "meta.json").read_text())["videos"]["total"] == 3
+    main(["--params", str(params), "--root", str(root), "--workers", "1", "--no-progress"])
+    assert "already complete" in capsys.readouterr().out
+    params.write_text("synthetic:\n  no_such_field: 1\n")
+    with pytest.raises(Exception):
+        load_config(params)
+
+
+def test_dynamics_separate_the_confusable_pairs():
+    """Surprise has a faster onset than fear, anger moves the upper face first and disgust the lower face."""
+    cfg = SyntheticConfig(video_identities=60, clips_per_identity=6)
+    jump, lead = {e: [] for e in EMOTIONS}, {e: [] for e in EMOTIONS}
+    for index, sample in enumerate(video_plan(cfg)):
+        scene = clip_scene(cfg, index)
+        if scene.coverage != "full":
+            continue
+        env = scene.timeline.envelope
+        jump[sample.emotion].append(np.diff(env).max())
+        aus = scene.timeline.aus - scene.timeline.aus[0]
+        expressive = np.abs(aus[:, :AU["blink"]])
+        upper = expressive[:, UPPER_FACE[:AU["blink"]]].sum(1)
+        lower = expressive[:, ~UPPER_FACE[:AU["blink"]]].sum(1)
+        if upper.max() > 0.3 and lower.max() > 0.3:  # which half reaches half its maximum first
+            lead[sample.emotion].append(np.argmax(upper > upper.max() / 2) - np.argmax(lower > lower.max() / 2))
+        if sample.emotion == "neutral":
+            assert np.ptp(env) == 0  # nothing happens in a neutral clip
+    assert np.mean(jump["surprise"]) > 0.7 > 0.4 > np.mean(jump["fear"])
+    assert np.mean(lead["angry"]) < -1 and np.mean(lead["disgust"]) > 1
+
+
+@pytest.mark.slow
+def test_calibration_learnable_not_saturated_and_temporal_beats_single_frame():
+    """Numbers documented in docs/synthetic.md (this size: 60 identities x 10 clips, 120 test clips)."""
+    from s4d.data.synthetic.calibrate import calibrate
+
+    report = calibrate(SyntheticConfig(video_identities=60, clips_per_identity=10), workers=2, progress=False)
+    pixels, aus, chance = report["pixels"], report["true_aus"], report["chance"]
+    print(json.dumps(report["pixels"]), json.dumps(report["true_aus"]), report["seconds"])
+    assert report["clips"]["test"] == 120
+    assert pixels["single_frame"] > chance + 0.05  # learnable from pixels, even frame by frame
+    assert pixels["temporal"] > chance + 0.15
+    assert pixels["temporal"] - pixels["single_frame"] >= 0.08  # time matters
+    assert pixels["temporal"] <= 0.8  # not saturated
+    assert aus["temporal"] - aus["single_frame"] >= 0.1  # even with perfect perception
+    assert aus["temporal"] <= 0.95
+
+
+def test_the_project_readers_parse_it(tiny):
+    readers = pytest.importorskip("s4d.data.readers")
+    videos = readers.READERS["synthetic_video"](tiny / "videos").set_index("id")
+    for sample in video_plan(TINY):
+        row = videos.loc[sample.name]
+        assert (row.label, row.split, int(row.group)) == (EMOTIONS.index(sample.emotion), sample.split,
+                                                          sample.identity)
+        assert row.num_frames == TINY.num_frames
+    images = readers.READERS["synthetic_image"](tiny / "images").set_index("id")
+    for sample in image_plan(TINY):
+        row = images.loc[sample.name]
+        assert (row.label, row.split, int(row.group)) == (RAFDB_LABEL[sample.emotion] - 1, sample.split,
+                                                          sample.identity)
