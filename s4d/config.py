@@ -108,7 +108,7 @@ class PretrainConfig:
     video_mask_ratio: float = rng(0.9, 0.0, 0.99)  # share of video tokens hidden (paper: 0.95)
     image_mask_ratio: float = rng(0.75, 0.0, 0.99)  # share of image tokens hidden (paper: 0.9)
     tube_masking: bool = False  # hide the same patches in every frame (else random per token)
-    base_lr: float = rng(1.5e-4, 0.0, 1.0)  # lr = base_lr * global_batch / 256
+    base_lr: float = rng(0.024, 0.0, 1.0)  # lr = base_lr * global_batch / 256
     min_lr: float = rng(1e-6, 0.0, 1.0)
     weight_decay: float = rng(0.05, 0.0, 1.0)
     warmup_epochs: float = rng(1.0, 0.0, 1000.0)
@@ -128,14 +128,17 @@ class FinetuneConfig:
     batch_size: int = rng(16, 1, 4096)  # videos per dynamic step
     image_batch_size: int = rng(32, 1, 16384)  # images per static step
     static_share: float = rng(0.5, 0.0, 1.0)  # share of steps on static data; 0 = video-only baseline
-    base_lr: float = rng(5e-4, 0.0, 1.0)  # lr = base_lr * batch_size / 256
+    base_lr: float = rng(0.016, 0.0, 1.0)  # lr = base_lr * batch_size / 256
     min_lr: float = rng(1e-6, 0.0, 1.0)
     weight_decay: float = rng(0.05, 0.0, 1.0)
-    layer_decay: float = rng(0.75, 0.0, 1.0)  # LR scale per block below the head (layer-wise decay)
+    layer_decay: float = rng(0.85, 0.0, 1.0)  # LR scale per block below the head (layer-wise decay)
     warmup_epochs: float = rng(1.0, 0.0, 1000.0)
     clip_grad: float = rng(1.0, 0.0, 1000.0)
     balance_weight: float = rng(0.01, 0.0, 10.0)  # MoAE load-balancing loss weight
     label_smoothing: float = rng(0.1, 0.0, 0.5)
+    crop_scale: float = rng(0.7, 0.05, 1.0)  # random resized crop keeps at least this share of the area
+    rand_augment: bool = False  # RandAugment (2 ops, magnitude 9), the same ops on every frame of a clip
+    erase_prob: float = rng(0.0, 0.0, 1.0)  # random erasing (timm) per frame
     mixup: float = rng(0.0, 0.0, 10.0)  # mixup alpha (0 = off)
     cutmix: float = rng(0.0, 0.0, 10.0)  # cutmix alpha (0 = off)
     patience: int = rng(5, 1, 10000)  # epochs without val improvement before stopping

@@ -319,11 +319,12 @@ def finetune(params: Params, out_dir: Path = Path("artifacts/finetune")) -> dict
                             f"data.val_fraction=0 carves none from train")
 
     size, frames, stride = cfg.img_size, cfg.num_frames, data.frame_stride
+    augment = Augment(scale=(ft.crop_scale, 1.0), flip=True, rand_augment=ft.rand_augment, erase_prob=ft.erase_prob)
     train_sets = {"dynamic": ClipDataset(train_rows["dynamic"], DATA_ROOT, size, frames, stride,
-                                         augment=Augment(), seed=ft.seed)}
+                                         augment=augment, seed=ft.seed)}
     val_sets = {"dynamic": ClipDataset(val_rows["dynamic"], DATA_ROOT, size, frames, stride)}
     if use_static:
-        train_sets["static"] = ImageDataset(train_rows["static"], DATA_ROOT, size, augment=Augment(), seed=ft.seed)
+        train_sets["static"] = ImageDataset(train_rows["static"], DATA_ROOT, size, augment=augment, seed=ft.seed)
         if not val_rows["static"].empty:
             val_sets["static"] = ImageDataset(val_rows["static"], DATA_ROOT, size, augment=None)
     draws = {task: EpochDraws(ds) for task, ds in train_sets.items()}

@@ -77,13 +77,18 @@ def masking_noise(shape: tuple[int, ...], seed: int, step: int, rank: int, world
 
 # --------------------------------------------------------------------------------------- checkpoints
 def run_fingerprint(params: Params) -> str:
-    """What a checkpoint must match to be resumed: the model, data and pretraining settings and the
-    prepared manifests' contents (new data with the same params must not resume an old run)."""
+    """What a checkpoint must match to be resumed: the model, data and pretraining settings, the prepared
+    manifests, and the size and modification time of every sample they list (re-rendered or re-extracted
+    data with the same paths must not resume an old run)."""
     relevant = {"model": to_dict(params.model), "pretrain": to_dict(params.pretrain),
                 "data": to_dict(params.data)}
     digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode())
     for task in ("dynamic", "static"):
-        digest.update((Path(params.data.prepared_dir) / f"{task}.csv").read_bytes())
+        manifest = Path(params.data.prepared_dir) / f"{task}.csv"
+        digest.update(manifest.read_bytes())
+        for path in read_manifest(manifest)["path"]:
+            stat = os.stat(path)
+            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -297,6 +302,8 @@ def plot_losses(log_path: Path, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not log_path.exists():
+        return
     with log_path.open() as f:
         rows = list(csv.DictReader(f))
     fig, ax = plt.subplots(figsize=(6, 3.5))

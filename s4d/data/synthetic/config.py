@@ -12,6 +12,8 @@ class SyntheticConfig:
     video_identities: int = 80  # people in the videos
     clips_per_identity: int = 6  # clips per video identity (any expression mix)
     partial_clip_rate: float = 0.25  # share of expressive clips whose expression covers only part of the frames
+    min_intensity: float = 0.7  # weakest apex intensity of an expression (1 = full prototype)
+    lookalike_blend: float = 0.4  # most an expression blends towards its look-alike (fear/surprise, ...)
     apex_start_rate: float = 0.15  # share of expressive clips already at the apex in frame 1 (no onset to see)
     # static images (RAF-DB layout)
     image_size: int = 96  # rendered square still image, pixels

@@ -117,9 +117,9 @@ def talking(num_frames: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def clip_timeline(emotion: str, identity: Identity, num_frames: int, rng: np.random.Generator,
-                  coverage: str, max_yaw_deg: float) -> Timeline:
+                  coverage: str, max_yaw_deg: float, min_intensity: float, lookalike_blend: float) -> Timeline:
     t = np.linspace(0, 1, num_frames)
-    apex = apex_aus(emotion, rng.uniform(*intensity_range(emotion)), rng)
+    apex = apex_aus(emotion, rng.uniform(*intensity_range(emotion, min_intensity)), rng, lookalike_blend)
     if emotion == "neutral":  # nothing happens; a faint sadness, if any, is there all along
         lead = lag = np.ones(num_frames)
     else:
@@ -148,10 +148,12 @@ def clip_timeline(emotion: str, identity: Identity, num_frames: int, rng: np.ran
     return Timeline(aus=aus, poses=poses, envelope=lead)
 
 
-def still_face(emotion: str, identity: Identity, rng: np.random.Generator, max_yaw_deg: float):
+def still_face(emotion: str, identity: Identity, rng: np.random.Generator, max_yaw_deg: float,
+               min_intensity: float, lookalike_blend: float):
     """AUs and pose of a static image: an expression caught near (not always at) its apex."""
     caught = rng.uniform(0.6, 1.0)
-    expression = apex_aus(emotion, rng.uniform(*intensity_range(emotion)) * caught, rng).copy()
+    intensity = rng.uniform(*intensity_range(emotion, min_intensity)) * caught
+    expression = apex_aus(emotion, intensity, rng, lookalike_blend).copy()
     if rng.uniform() < 0.05:
         expression[AU["blink"]] = rng.uniform(0.5, 1.0)
     if rng.uniform() < 0.1:  # caught mid-word

@@ -172,11 +172,12 @@ def sample_identity(rng: np.random.Generator, glasses_rate: float) -> Identity:
     )
 
 
-def apex_aus(emotion: str, intensity: float, rng: np.random.Generator) -> np.ndarray:
+def apex_aus(emotion: str, intensity: float, rng: np.random.Generator, lookalike_blend: float) -> np.ndarray:
     """The expression part of the apex AU vector of one sample (before the identity's gains and resting offsets).
 
-    Each sample jitters its prototype and blends it part-way (up to 75 %) towards its confusable partner,
-    so fear/surprise and anger/disgust overlap in appearance; the time course (dynamics.py) tells them apart.
+    Each sample jitters its prototype and blends it part-way towards its confusable partner
+    (up to `lookalike_blend`), so fear/surprise and anger/disgust overlap in appearance; the time course
+    (dynamics.py) tells them apart.
     """
     if emotion == "neutral":  # a third of neutral faces look faintly sad
         faint = rng.uniform(0.1, 0.3) if rng.uniform() < 0.3 else 0.0
@@ -184,14 +185,14 @@ def apex_aus(emotion: str, intensity: float, rng: np.random.Generator) -> np.nda
     aus = PROTOTYPES[emotion]
     partner = LOOKALIKE.get(emotion)  # happy has none: it stays the easy class, as in real data
     if partner:
-        aus = aus + rng.uniform(0.0, 0.75) * (PROTOTYPES[partner] - aus)
+        aus = aus + rng.uniform(0.0, lookalike_blend) * (PROTOTYPES[partner] - aus)
     aus = aus * rng.uniform(0.8, 1.2, len(AUS))
     return np.clip(aus * intensity, 0, 1)
 
 
-def intensity_range(emotion: str) -> tuple[float, float]:
-    """Sad is usually subtle (which makes it the neutral look-alike)."""
-    return (0.3, 0.75) if emotion == "sad" else (0.35, 1.0)
+def intensity_range(emotion: str, min_intensity: float) -> tuple[float, float]:
+    """Apex intensities are drawn from [min_intensity, 1]; sad is subtler (the neutral look-alike)."""
+    return (0.85 * min_intensity, 0.75) if emotion == "sad" else (min_intensity, 1.0)
 
 
 def face_aus(identity: Identity, expression: np.ndarray) -> np.ndarray:

@@ -46,7 +46,8 @@ def clip_scene(cfg: SyntheticConfig, index: int) -> ClipScene:
         coverage = "partial"
     elif sample.emotion != "neutral" and draw < cfg.partial_clip_rate + cfg.apex_start_rate:
         coverage = "apex_start"
-    timeline = clip_timeline(sample.emotion, idt, cfg.num_frames, rng, coverage, cfg.max_yaw_deg)
+    timeline = clip_timeline(sample.emotion, idt, cfg.num_frames, rng, coverage, cfg.max_yaw_deg,
+                             cfg.min_intensity, cfg.lookalike_blend)
     occluder = None
     if rng.uniform() < cfg.occlusion_rate:
         occluder = sample_occluder(rng, idt.skin, moving=rng.uniform() < 0.5)
@@ -74,7 +75,7 @@ def image_jpeg(cfg: SyntheticConfig, index: int) -> bytes:
     sample = image_plan(cfg)[index]
     idt = identity_of(cfg.seed, sample.identity, cfg.glasses_rate)
     rng = stream_rng(cfg.seed, "image", index)
-    aus, pose = still_face(sample.emotion, idt, rng, cfg.max_yaw_deg)
+    aus, pose = still_face(sample.emotion, idt, rng, cfg.max_yaw_deg, cfg.min_intensity, cfg.lookalike_blend)
     canvas = background(rng, cfg.image_size * cfg.supersample)
     draw_face(canvas, idt, aus, pose)
     if rng.uniform() < cfg.occlusion_rate:
