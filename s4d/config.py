@@ -124,7 +124,7 @@ class PretrainConfig:
 @dataclass
 class FinetuneConfig:
     init: str = "pretrain"  # "pretrain" (our MAE output), "scratch", or a path to a checkpoint file
-    epochs: int = rng(10, 1, 10000)  # an epoch is one pass over the training videos
+    epochs: int = rng(16, 1, 10000)  # an epoch is one pass over the training videos
     batch_size: int = rng(16, 1, 4096)  # videos per dynamic step
     image_batch_size: int = rng(32, 1, 16384)  # images per static step
     static_share: float = rng(0.5, 0.0, 1.0)  # share of steps on static data; 0 = video-only baseline
@@ -141,7 +141,7 @@ class FinetuneConfig:
     erase_prob: float = rng(0.0, 0.0, 1.0)  # random erasing (timm) per frame
     mixup: float = rng(0.0, 0.0, 10.0)  # mixup alpha (0 = off)
     cutmix: float = rng(0.0, 0.0, 10.0)  # cutmix alpha (0 = off)
-    patience: int = rng(5, 1, 10000)  # epochs without val improvement before stopping
+    patience: int = rng(6, 1, 10000)  # epochs without val improvement before stopping
     select_metric: str = rng("uar", choices=("uar", "war"))  # the val metric that picks the checkpoint
     precision: str = rng("auto", choices=("auto", "bf16", "fp32"))  # also used by evaluate
     seed: int = 0

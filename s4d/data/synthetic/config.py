@@ -12,8 +12,8 @@ class SyntheticConfig:
     video_identities: int = 80  # people in the videos
     clips_per_identity: int = 6  # clips per video identity (any expression mix)
     partial_clip_rate: float = 0.25  # share of expressive clips whose expression covers only part of the frames
-    min_intensity: float = 0.7  # weakest apex intensity of an expression (1 = full prototype)
-    lookalike_blend: float = 0.4  # most an expression blends towards its look-alike (fear/surprise, ...)
+    min_intensity: float = 0.85  # weakest apex intensity of an expression (1 = full prototype)
+    lookalike_blend: float = 0.2  # most an expression blends towards its look-alike (fear/surprise, ...)
     apex_start_rate: float = 0.15  # share of expressive clips already at the apex in frame 1 (no onset to see)
     # static images (RAF-DB layout)
     image_size: int = 96  # rendered square still image, pixels
@@ -24,9 +24,9 @@ class SyntheticConfig:
     test_fraction: float = 0.2  # identities in test
     # nuisances
     supersample: int = 2  # draw at this multiple of the output size, then INTER_AREA down (anti-aliasing)
-    occlusion_rate: float = 0.08  # share of samples with a hand/object in front of the face
+    occlusion_rate: float = 0.02  # share of samples with a hand/object in front of the face
     glasses_rate: float = 0.25  # share of identities wearing glasses
-    max_yaw_deg: float = 25.0  # head yaw reaches about +-75 % of this; pitch about half, roll a fifth
-    noise_std: float = 6.0  # upper bound of sensor noise, in 0..255 grey levels
-    max_blur_sigma: float = 1.2  # upper bound of defocus blur, output pixels
-    jpeg_quality_min: int = 45  # each sample is written at a quality drawn from [jpeg_quality_min, 95]
+    max_yaw_deg: float = 8.0  # head yaw reaches about +-75 % of this; pitch about half, roll a fifth
+    noise_std: float = 2.0  # upper bound of sensor noise, in 0..255 grey levels
+    max_blur_sigma: float = 0.4  # upper bound of defocus blur, output pixels
+    jpeg_quality_min: int = 80  # each sample is written at a quality drawn from [jpeg_quality_min, 95]
