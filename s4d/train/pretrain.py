@@ -329,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
         return subprocess.call(cmd)
     try:
         pretrain(params)
+    except (FileNotFoundError, ValueError) as e:  # missing or empty prepared data: say so, no traceback
+        print(f"pretrain failed: {e}", file=sys.stderr)
+        return 1
     finally:
         shutdown()
     return 0
