@@ -64,6 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profiles", nargs="+", default=["tiny", "base"])
     parser.add_argument("--batch", type=int, default=0, help="clips per batch (default: 8 tiny, 2 base on CPU)")
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -77,6 +78,8 @@ def main() -> None:
         batch = args.batch or (8 if profile == "tiny" else 2) * (8 if device == "cuda" else 1)
         row = {}
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            if name not in args.precisions:
+                continue
             moae, plain = measure(cfg, batch, dtype, device), measure(plain_cfg, batch, dtype, device)
             row[name] = {**moae, "plain_train_clips_s": plain["train_clips_s"],
                          "moae_step_over_plain": moae["train_step_s"] / plain["train_step_s"],
