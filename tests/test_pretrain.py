@@ -126,3 +126,11 @@ def test_changed_data_does_not_resume_an_old_run(micro_project):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming" not in again.stdout
     assert [s for s, _, _ in losses(micro_project)][0] == 1
+
+
+def test_missing_prepared_data_is_a_clear_error(tmp_path):
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    done = run_module("s4d.train.pretrain", cwd=tmp_path, env=ENV)
+    assert done.returncode == 1
+    assert "pretrain failed: manifest artifacts/prepared/dynamic.csv does not exist" in done.stderr
+    assert "Traceback" not in done.stderr
