@@ -110,13 +110,10 @@ TASK_OPTIONS = dict(persist_result=True, cache_policy=TASK_SOURCE + RUN_ID + INP
 
 # ------------------------------------------------------------------------------------------- helpers
 def sha256_file(path: Path) -> Optional[str]:
-    if not Path(path).is_file():
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """The file's sha256, or None when it does not exist (yet)."""
+    from s4d.registry import sha256_file as file_hash
+
+    return file_hash(path) if Path(path).is_file() else None
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -22,7 +22,6 @@ serving. `--strict` exits 1 on a failed gate (for CI). Broken inputs (no metrics
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from s4d.config import ConfigError, GateConfig, Params, load_params
+from s4d.registry import sha256_file
 
 GATED_METRICS = ("uar", "war")
 EPS = 1e-9  # float noise at an exact floor / tolerance boundary counts as met
@@ -164,14 +164,6 @@ def comparison_table(decision: dict) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------- inputs
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_metrics(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
