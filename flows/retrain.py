@@ -189,11 +189,12 @@ def stream_process(cmd: list[str], logger, prefix: str, env: Optional[dict] = No
         return proc.wait(), list(tail)
     finally:
         if proc.poll() is None:
-            _kill_group(proc)
+            stop_process_group(proc)
         proc.stdout.close()
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL, to the process group a started job leads (by PID)."""
     for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
         try:
             os.killpg(proc.pid, sig)

@@ -4,7 +4,6 @@ server start` + a process worker + `prefect deployment run`, and the weekly cron
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import MICRO_MODEL, ROOT
+from flows.retrain import stop_process_group
 from s4d import registry
 from test_registry import STUB_BENTOFILE, STUB_SERVICE
 
@@ -239,18 +239,8 @@ def prefect_cmd(*args: str) -> list[str]:
 
 def stop(proc: subprocess.Popen) -> None:
     """Stop a process we started and everything it started (its own process group), by PID."""
-    if proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    if proc.poll() is None:
+        stop_process_group(proc)
 
 
 def api(url: str, path: str, body: dict | None = None):

@@ -184,6 +184,20 @@ def _row(*, id: str, path: str, label: int, label_set: str, modality: str, split
                 width=width, source=source, group=group)
 
 
+def _clip_rows(root: Path, frames_dir: str, video_name: str, label: int | None, label_set: str, split: str,
+               fold: int, source: str, where: str, problems: Problems) -> list[dict]:
+    """The manifest row of one clip-id line of a DFEW/MAFW split file ([] when it has a problem)."""
+    clip = _relative(_clip_id(video_name), f"{where}: video_name", problems)
+    if clip is None:
+        return []
+    rel = f"{frames_dir}/{clip}" if frames_dir else clip
+    size = _frame_folder(root, rel, f"clip {clip} ({where})", problems)
+    if label is None or not size:
+        return []
+    return [_row(id=clip, path=rel, label=label, label_set=label_set, modality="video", split=split, fold=fold,
+                 size=size, source=source)]
+
+
 def _clip_id(name: str) -> str:
     """DFEW/MAFW clip ids are 5-digit folder names; restore zeros a spreadsheet may have dropped."""
     name = name.strip()
@@ -229,14 +243,8 @@ def _dfew_rows(root: Path, fold: int, frames_dir: str, split_files: dict[str, st
         for line, rec in records:
             where = f"{path}:{line}"
             label = _label(rec["label"], "dfew7", base, where, problems)
-            clip = _relative(_clip_id(rec["video_name"]), f"{where}: video_name", problems)
-            if clip is None:
-                continue
-            rel = f"{frames_dir}/{clip}" if frames_dir else clip
-            size = _frame_folder(root, rel, f"clip {clip} ({where})", problems)
-            if label is not None and size:
-                rows.append(_row(id=clip, path=rel, label=label, label_set="dfew7", modality="video",
-                                 split=split, fold=fold, size=size, source=source))
+            rows += _clip_rows(root, frames_dir, rec["video_name"], label, "dfew7", split, fold, source, where,
+                               problems)
     return rows
 
 
@@ -300,14 +308,8 @@ def read_mafw(root: str | Path, fold: int = 1, *, frames_dir: str = "frames",
         for line, rec in _read_table(path, ("video_name", "labels"), problems):
             where = f"{path}:{line}"
             label = _label(rec["labels"], "mafw11", 0, where, problems)
-            clip = _relative(_clip_id(rec["video_name"]), f"{where}: video_name", problems)
-            if clip is None:
-                continue
-            rel = f"{frames_dir}/{clip}" if frames_dir else clip
-            size = _frame_folder(root, rel, f"clip {clip} ({where})", problems)
-            if label is not None and size:
-                rows.append(_row(id=clip, path=rel, label=label, label_set="mafw11", modality="video",
-                                 split=split, fold=fold, size=size, source="mafw"))
+            rows += _clip_rows(root, frames_dir, rec["video_name"], label, "mafw11", split, fold, "mafw", where,
+                               problems)
     problems.raise_if_any()
     return make_manifest(rows)
 
