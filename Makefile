@@ -10,10 +10,12 @@ STAMP := $(VENV)/.installed
 # No telemetry, no hub look-ups: this project never reaches the network at run time.
 export DO_NOT_TRACK=1 BENTOML_DO_NOT_TRACK=true DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE=1
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
+# dvc runs each stage's `python -m ...` from PATH: make that the project's .venv.
+export PATH := $(abspath $(BIN)):$(PATH)
 # Idle OpenMP workers sleep instead of spinning (DeepSpeed runs threads of its own beside torch's).
 export OMP_WAIT_POLICY=PASSIVE
 
-.PHONY: repro test env bench
+.PHONY: repro test env bench grid report
 
 env: $(STAMP)
 
@@ -38,3 +40,17 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all
+
+# The reproduction grid (issue 7): every arm x 3 seeds on the embedded data, then the report. Resumable: a
+# finished run is skipped, so running it again continues where it stopped. Options go in GRID_ARGS, e.g.
+# `make grid GRID_ARGS="--budget short --seeds 1"`.
+grid: $(STAMP)
+	$(BIN)/s4d generate
+	$(BIN)/dvc add -q data
+	$(BIN)/dvc repro validate
+	$(BIN)/python -m s4d.experiments.grid $(GRID_ARGS)
+	$(BIN)/python -m s4d.experiments.report
+
+# Only the report (reports/README.md and its plots) from the run records already in experiments/.
+report: $(STAMP)
+	$(BIN)/python -m s4d.experiments.report
