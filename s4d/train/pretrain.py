@@ -76,12 +76,14 @@ def masking_noise(shape: tuple[int, ...], seed: int, step: int, rank: int, world
 
 
 # --------------------------------------------------------------------------------------- checkpoints
-def run_fingerprint(params: Params) -> str:
-    """What a checkpoint must match to be resumed: the model, data and pretraining settings, the prepared
+def run_fingerprint(params: Params, model: torch.nn.Module) -> str:
+    """What a checkpoint must match to be resumed: the model, data and pretraining settings, the model's
+    state-dict layout (names and shapes: a code change that alters the model must not resume), the prepared
     manifests, and the size and modification time of every sample they list (re-rendered or re-extracted
     data with the same paths must not resume an old run)."""
     relevant = {"model": to_dict(params.model), "pretrain": to_dict(params.pretrain),
-                "data": to_dict(params.data)}
+                "data": to_dict(params.data),
+                "layout": [[name, list(t.shape)] for name, t in model.state_dict().items()]}
     digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode())
     for task in ("dynamic", "static"):
         manifest = Path(params.data.prepared_dir) / f"{task}.csv"
@@ -168,7 +170,7 @@ def pretrain(params: Params, out_dir: Path = Path("artifacts/pretrain")) -> dict
 
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out_dir / "checkpoints"
-    fingerprint = run_fingerprint(params)
+    fingerprint = run_fingerprint(params, model)
     state = restore_training_state(engine, ckpt_dir, dist, fingerprint)
     if state is None:
         torch.distributed.barrier()
