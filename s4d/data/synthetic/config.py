@@ -15,6 +15,7 @@ class SyntheticConfig:
     min_intensity: float = 0.85  # weakest apex intensity of an expression (1 = full prototype)
     lookalike_blend: float = 0.2  # most an expression blends towards its look-alike (fear/surprise, ...)
     apex_start_rate: float = 0.15  # share of expressive clips already at the apex in frame 1 (no onset to see)
+    face_scale: float = 0.45  # face half-width as a share of the frame (aligned-face crops: the face fills it)
     # static images (RAF-DB layout)
     image_size: int = 96  # rendered square still image, pixels
     image_identity_ratio: float = 10.0  # image identities per video identity (static data is far larger)

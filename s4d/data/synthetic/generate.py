@@ -32,7 +32,7 @@ from s4d.data.synthetic.plan import SPLITS, image_plan, video_plan
 from s4d.data.synthetic.sample import clip_jpegs, image_jpeg
 
 GENERATOR = "s4d.data.synthetic"
-VERSION = "1.1"  # bump whenever the same config would render different bytes
+VERSION = "1.2"  # bump whenever the same config would render different bytes
 TRAIN_LIST = Path("videos/EmoLabel_DataSplit/train(single-labeled)/set_1.csv")
 TEST_LIST = Path("videos/EmoLabel_DataSplit/test(single-labeled)/set_1.csv")
 IMAGE_LABELS = Path("images/EmoLabel/list_patition_label.txt")

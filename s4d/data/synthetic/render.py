@@ -17,7 +17,6 @@ from s4d.data.synthetic.face import AU, Identity
 
 SHIFT = 4  # OpenCV fixed-point bits: coordinates with 1/16-pixel precision
 ONE = 1 << SHIFT
-FACE_UNIT = 0.3  # face half-width 1 = this fraction of the canvas (a tight, aligned-face crop)
 FACE_CENTER_Y = 0.52  # canvas fraction
 HEAD_DEPTH = 0.75  # how far the face bulges towards the camera, face units
 AA = cv2.LINE_AA
@@ -48,10 +47,10 @@ def rotation(pose: Pose) -> np.ndarray:
 class Projector:
     """Face units -> fixed-point canvas pixels for one frame."""
 
-    def __init__(self, identity: Identity, pose: Pose, size: int, rotate: bool = True):
+    def __init__(self, identity: Identity, pose: Pose, size: int, face_scale: float, rotate: bool = True):
         self.width, self.height = identity.face_width, identity.face_height
         self.rot = rotation(pose) if rotate else np.eye(3)
-        self.unit = FACE_UNIT * size * pose.scale
+        self.unit = face_scale * size * pose.scale
         self.center = np.array([size * (0.5 + pose.dx), size * (FACE_CENTER_Y + pose.dy)])
 
     def surface_z(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -403,12 +402,13 @@ def draw_glasses(img, proj: Projector, idt: Identity) -> None:
            idt.glasses_color, thick)
 
 
-def draw_face(img: np.ndarray, idt: Identity, aus: np.ndarray, pose: Pose) -> None:
-    """Draw the whole head and shoulders onto `img` (RGB, uint8, square canvas) in painter's order."""
+def draw_face(img: np.ndarray, idt: Identity, aus: np.ndarray, pose: Pose, face_scale: float) -> None:
+    """Draw the whole head and shoulders onto `img` (RGB, uint8, square canvas) in painter's order.
+    `face_scale`: the face half-width as a fraction of the canvas."""
     size = img.shape[0]
-    proj = Projector(idt, pose, size)
+    proj = Projector(idt, pose, size, face_scale)
     body_pose = Pose(scale=pose.scale, dx=pose.dx, dy=pose.dy)  # the torso does not turn with the head
-    draw_body(img, Projector(idt, body_pose, size, rotate=False), idt)
+    draw_body(img, Projector(idt, body_pose, size, face_scale, rotate=False), idt)
     draw_hair_back(img, proj, idt)
     draw_ears(img, proj, idt)
     draw_skin(img, proj, idt, aus)

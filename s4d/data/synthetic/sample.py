@@ -63,7 +63,7 @@ def clip_jpegs(cfg: SyntheticConfig, index: int) -> list:
     frames = []
     for i in range(cfg.num_frames):
         canvas = backdrop.copy()
-        draw_face(canvas, scene.identity, scene.timeline.aus[i], scene.timeline.poses[i])
+        draw_face(canvas, scene.identity, scene.timeline.aus[i], scene.timeline.poses[i], cfg.face_scale)
         if scene.occluder is not None:
             draw_occluder(canvas, scene.occluder, i / max(1, cfg.num_frames - 1))
         frame = develop(canvas, scene.camera, cfg.frame_size, scene.rng)
@@ -77,7 +77,7 @@ def image_jpeg(cfg: SyntheticConfig, index: int) -> bytes:
     rng = stream_rng(cfg.seed, "image", index)
     aus, pose = still_face(sample.emotion, idt, rng, cfg.max_yaw_deg, cfg.min_intensity, cfg.lookalike_blend)
     canvas = background(rng, cfg.image_size * cfg.supersample)
-    draw_face(canvas, idt, aus, pose)
+    draw_face(canvas, idt, aus, pose, cfg.face_scale)
     if rng.uniform() < cfg.occlusion_rate:
         draw_occluder(canvas, sample_occluder(rng, idt.skin, moving=False), 0.0)
     camera = sample_camera(rng, cfg.image_size, cfg.max_blur_sigma, cfg.noise_std, cfg.jpeg_quality_min)
