@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from s4d.data.faces import FaceDetector, crop_track, track_faces  # noqa: E402
 from s4d.data.media import read_video  # noqa: E402
+from benchmarks.common import save  # noqa: E402
 
 DEFAULT_VIDEO = Path(__file__).resolve().parents[2] / "shared" / "media" / "WolfgangLanger_Pexels.mp4"
 
@@ -45,6 +46,7 @@ def main() -> None:
 
     print(f"{args.video.name}, detect every {args.detect_every} frames, crops {args.size}px, "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
+    figures = {"video": args.video.name, "detect_every": args.detect_every, "size": args.size, "backends": {}}
     for backend in args.backends.split(","):
         t = time.perf_counter()
         detector = FaceDetector(backend)
@@ -59,6 +61,10 @@ def main() -> None:
             print(f"  {name:<11} {best[stage]:6.2f} s  {n / best[stage]:8.1f} frames/s")
         print(f"  real-time factor {best['duration'] / best['total']:.1f}x "
               f"({best['duration']:.1f} s of video); load average now {os.getloadavg()[0]:.1f}")
+        figures["backends"][backend] = {"frames": n, "frames_s": round(n / best["total"], 1),
+                                        "realtime_factor": round(best["duration"] / best["total"], 2),
+                                        "faces": best["faces"], "model_load_s": round(load, 2)}
+    print(f"\n{save('faces', figures)}")
 
 
 if __name__ == "__main__":
