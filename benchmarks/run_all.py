@@ -51,6 +51,7 @@ NO_TELEMETRY = {"DO_NOT_TRACK": "1", "BENTOML_DO_NOT_TRACK": "true", "HF_HUB_OFF
 # Source name -> (what writes it, base folder, path inside it).
 SOURCES: dict[str, tuple[str, str, str]] = {
     "models": ("bench_models", "results", "models.json"),
+    "faces": ("bench_faces", "results", "faces.json"),
     "train": ("bench_train", "results", "train.json"),
     "data": ("bench_data", "results", "data.json"),
     "synthetic": ("bench_synthetic", "results", "synthetic.json"),
