@@ -1,0 +1,443 @@
+"""The experiment grid of the reproduction report (issue 7): each arm is a set of params overrides, run over
+seeds at the `tiny` profile on the prepared data (the embedded benchmark by default).
+
+    python -m s4d.experiments.grid [--arms ARM ...] [--seeds N] [--budget NAME] [--dry-run]
+                                   [--params FILE] [key=value ...]
+
+Studies and arms (`--dry-run` prints the resolved overrides):
+  pretraining  pre_none, pre_video, pre_dual: no pretraining / video-only MAE / dual-modal MAE, each followed
+               by the same video-only fine-tune
+  finetuning   ft_video, ft_vanilla, ft_s4d: video-only / vanilla multi-task (no MoAE) / S4D, all from the
+               dual-modal MAE
+  experts, top_k, layers   MoAE ablations of the S4D fine-tune
+
+Arms whose resolved params are identical are one run (ft_video is pre_dual; experts8, top2 and layers3 are
+ft_s4d at the default MoAE): the first arm in the list trains, the others get a copy of its record.
+Pretraining is shared per (kind, seed). A run whose record exists and was made from the same params, data
+and pretraining (its `key`) is skipped, so re-running the command continues where it stopped; a record
+with another key (params.yaml, the budget or the data changed) is redone.
+
+Everything runs in this process, one job after the other: pretrain() (DeepSpeed, one rank), finetune(),
+evaluate().
+
+Outputs:
+  experiments/pretrain/<kind>/seed<k>/   pretrain()'s model.pt, log.csv, loss.png, summary.json; grid.json
+  experiments/runs/<arm>/seed<k>/        finetune/, eval/ (metrics.json, routing.json, ...), result.json
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator
+
+from s4d.config import ConfigError, Params, load_params, to_dict
+
+EXPERIMENTS = Path("experiments")
+PRETRAIN_DIR = EXPERIMENTS / "pretrain"
+RUNS_DIR = EXPERIMENTS / "runs"
+RESULT = "result.json"
+PRETRAIN_STAMP = "grid.json"  # beside pretrain()'s outputs: what made them (the cache key)
+
+COMMON = ("profile=tiny",)
+VIDEO_ONLY = "finetune.static_share=0"
+MOAE = "models.tiny.moae"
+
+# Pretraining kinds: overrides on top of params.yaml (whose default is the dual-modal MAE).
+PRETRAINING: dict[str, tuple[str, ...]] = {
+    "video": ("pretrain.image_step_share=0",),
+    "dual": (),
+}
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    study: str
+    label: str
+    pretrain: str | None  # a PRETRAINING kind; None: finetune.init=scratch
+    overrides: tuple[str, ...] = ()
+
+
+ARMS: tuple[Arm, ...] = (
+    Arm("pre_none", "pretraining", "no pretraining", None, ("finetune.init=scratch", VIDEO_ONLY)),
+    Arm("pre_video", "pretraining", "video-only MAE", "video", (VIDEO_ONLY,)),
+    Arm("pre_dual", "pretraining", "dual-modal MAE", "dual", (VIDEO_ONLY,)),
+    Arm("ft_video", "finetuning", "video-only", "dual", (VIDEO_ONLY,)),
+    Arm("ft_vanilla", "finetuning", "vanilla multi-task", "dual", (f"{MOAE}.layers=0",)),
+    Arm("ft_s4d", "finetuning", "S4D (MoAE joint)", "dual"),
+    Arm("experts2", "experts", "2 experts", "dual", (f"{MOAE}.experts=2",)),
+    Arm("experts4", "experts", "4 experts", "dual", (f"{MOAE}.experts=4",)),
+    Arm("experts8", "experts", "8 experts", "dual", (f"{MOAE}.experts=8",)),
+    Arm("top1", "top_k", "top-1 routing", "dual", (f"{MOAE}.top_k=1",)),
+    Arm("top2", "top_k", "top-2 routing", "dual", (f"{MOAE}.top_k=2",)),
+    Arm("layers1", "layers", "MoAE on the last block", "dual", (f"{MOAE}.layers=1",)),
+    Arm("layers3", "layers", "MoAE on the last 3 blocks", "dual", (f"{MOAE}.layers=3",)),
+    Arm("layers6", "layers", "MoAE on all 6 blocks", "dual", (f"{MOAE}.layers=6",)),
+)
+ARM_BY_NAME = {arm.name: arm for arm in ARMS}
+
+# Named training budgets: overrides applied to every run.
+BUDGETS: dict[str, tuple[str, ...]] = {
+    "default": (),  # params.yaml's epochs
+    "short": ("pretrain.epochs=1", "pretrain.warmup_epochs=0.25", "finetune.epochs=4",
+              "finetune.warmup_epochs=0.5"),  # a quick look: the numbers are not the study's
+}
+DEFAULT_SEEDS = 3
+
+
+class GridError(ValueError):
+    """A grid request that cannot run (unknown arm, missing prepared data); reported without a traceback."""
+
+
+# ----------------------------------------------------------------------------------------------- plan
+@dataclass
+class PretrainJob:
+    kind: str
+    seed: int
+    overrides: list[str]
+    params: Params
+    dir: Path
+    key: str  # pretrain_key: model, pretraining and data settings, and the data
+
+
+@dataclass
+class Run:
+    arm: Arm
+    seed: int
+    overrides: list[str]
+    params: Params
+    dir: Path
+    key: str  # resolved params, data_fingerprint and the pretraining it starts from
+    pretrain: PretrainJob | None
+    same_as: Run | None = None  # an earlier arm with identical params: its record is reused
+    requested: bool = True  # False: in the plan only because a requested arm is the same run
+
+
+@dataclass
+class Plan:
+    params_file: str
+    budget: str
+    common: list[str]  # COMMON + budget + command-line overrides, applied to every job
+    seeds: list[int]
+    pretrainings: list[PretrainJob]
+    runs: list[Run]
+
+
+def seed_overrides(seed: int) -> list[str]:
+    # data.seed stays: it draws the val carve of `prepare`, which must be the same split for every seed.
+    return [f"pretrain.seed={seed}", f"finetune.seed={seed}"]
+
+
+def load(params_file: str, overrides: list[str]) -> Params:
+    try:
+        return load_params(params_file, overrides)
+    except ConfigError as e:
+        raise GridError(str(e)) from None
+
+
+def check_prepared(params: Params) -> None:
+    prepared = Path(params.data.prepared_dir)
+    missing = [str(prepared / f"{task}.csv") for task in ("dynamic", "static")
+               if not (prepared / f"{task}.csv").is_file()]
+    if missing:
+        raise GridError(f"prepared manifests missing ({', '.join(missing)}): run `dvc repro validate` "
+                        f"(or `s4d generate && s4d prepare`) first")
+
+
+def digest(*parts: str) -> str:
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def data_fingerprint(params: Params) -> str:
+    """The prepared manifests and the size of every file of every sample they list (each frame of a frame
+    folder). Sizes, not modification times: re-rendering the same embedded data (`make grid` runs
+    `s4d generate`) must not invalidate the grid; other data (other pixels: other JPEG sizes) does."""
+    from s4d.data.manifest import read_manifest
+
+    h = hashlib.sha256()
+    for task in ("dynamic", "static"):
+        manifest = Path(params.data.prepared_dir) / f"{task}.csv"
+        h.update(manifest.read_bytes())
+        for path in map(Path, read_manifest(manifest)["path"]):
+            try:
+                for file in sorted(path.iterdir()) if path.is_dir() else [path]:
+                    h.update(f"{file.name}:{file.stat().st_size}\n".encode())
+            except FileNotFoundError:
+                raise GridError(f"{path}, listed in {manifest}, does not exist: prepare again") from None
+    return h.hexdigest()[:16]
+
+
+def pretrain_key(params: Params, data_key: str) -> str:
+    """What a pretraining's output depends on: the model, pretraining and data settings, and the data."""
+    settings = {"model": to_dict(params.model), "pretrain": to_dict(params.pretrain), "data": to_dict(params.data)}
+    return digest(json.dumps(settings, sort_keys=True), data_key)
+
+
+def build_plan(params_file: str = "params.yaml", arms: list[str] | None = None, seeds: int = DEFAULT_SEEDS,
+               budget: str = "default", overrides: list[str] | None = None) -> Plan:
+    """Resolve every (arm, seed) of the requested arms, plus the runs they are copies of, in execution
+    order (seed by seed, arms in ARMS order)."""
+    if budget not in BUDGETS:
+        raise GridError(f"unknown budget {budget!r}; known: {', '.join(BUDGETS)}")
+    unknown = [a for a in arms or [] if a not in ARM_BY_NAME]
+    if unknown:
+        raise GridError(f"unknown arm(s) {', '.join(unknown)}; known: {', '.join(ARM_BY_NAME)}")
+    if seeds < 1:
+        raise GridError(f"--seeds must be at least 1, not {seeds}")
+    requested = set(arms or ARM_BY_NAME)
+    common = [*COMMON, *BUDGETS[budget], *(overrides or [])]
+    base = load(params_file, common)
+    check_prepared(base)
+    data_key = data_fingerprint(base)
+
+    pretrainings: dict[tuple[str, int], PretrainJob] = {}
+    runs: list[Run] = []
+    for seed in range(seeds):
+        by_params: dict[str, Run] = {}
+        for arm in ARMS:
+            job = None
+            ovr = [*common, *arm.overrides, *seed_overrides(seed)]
+            if arm.pretrain is not None:
+                if (arm.pretrain, seed) not in pretrainings:
+                    pre_ovr = [*common, *PRETRAINING[arm.pretrain], f"pretrain.seed={seed}"]
+                    pre_params = load(params_file, pre_ovr)
+                    pretrainings[arm.pretrain, seed] = PretrainJob(
+                        arm.pretrain, seed, pre_ovr, pre_params, PRETRAIN_DIR / arm.pretrain / f"seed{seed}",
+                        pretrain_key(pre_params, data_key))
+                job = pretrainings[arm.pretrain, seed]
+                ovr.append(f"finetune.init={job.dir / 'model.pt'}")
+            try:
+                params = load(params_file, ovr)
+            except GridError as e:
+                if arm.name in requested:
+                    raise GridError(f"arm {arm.name}: {e}") from None
+                continue  # e.g. layers6 on a shallower model: it cannot be the same run as a requested arm
+            resolved = json.dumps(to_dict(params), sort_keys=True)
+            key = digest(resolved, data_key, job.key if job else "scratch")
+            run = Run(arm, seed, ovr, params, RUNS_DIR / arm.name / f"seed{seed}", key, job,
+                      same_as=by_params.get(resolved), requested=arm.name in requested)
+            by_params.setdefault(resolved, run)
+            runs.append(run)
+    needed = {id(r.same_as) for r in runs if r.requested and r.same_as is not None}
+    runs = [r for r in runs if r.requested or id(r) in needed]
+    used = {id(r.pretrain) for r in runs if r.pretrain is not None and r.same_as is None}
+    return Plan(params_file, budget, common, list(range(seeds)),
+                [j for j in pretrainings.values() if id(j) in used], runs)
+
+
+# ---------------------------------------------------------------------------------------------- cache
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def pretrain_cached(job: PretrainJob) -> bool:
+    stamp = read_json(job.dir / PRETRAIN_STAMP)
+    return stamp is not None and stamp.get("key") == job.key and (job.dir / "model.pt").is_file()
+
+
+def run_state(run: Run) -> str:
+    """cached | stale (a record from other params, data or pretraining) | to run."""
+    record = read_json(run.dir / RESULT)
+    if record is None:
+        return "to run"
+    return "cached" if record.get("key") == run.key else "stale"
+
+
+# -------------------------------------------------------------------------------------------- execute
+@contextmanager
+def rendezvous_restored() -> Iterator[None]:
+    """pretrain() runs DeepSpeed in this process, as a one-process group whose rendezvous variables
+    init_distributed sets; they are put back afterwards so that a subprocess started later does not take
+    them for a launcher's. The group itself stays up for the life of the process: DeepSpeed caches its
+    groups, and a second deepspeed.initialize after destroy_process_group fails."""
+    keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "DS_ACCELERATOR")
+    saved = {k: os.environ.get(k) for k in keys}
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run_pretraining(job: PretrainJob) -> dict:
+    from s4d.train.metrics import write_json
+    from s4d.train.pretrain import pretrain
+
+    started = time.time()
+    with rendezvous_restored():
+        summary = pretrain(job.params, job.dir)
+    stamp = {"kind": job.kind, "seed": job.seed, "overrides": job.overrides, "key": job.key,
+             "seconds": round(time.time() - started, 1), "summary": summary}
+    write_json(job.dir / PRETRAIN_STAMP, stamp)
+    # The checkpoints only serve to resume an interrupted pretraining; model.pt is the product.
+    shutil.rmtree(job.dir / "checkpoints", ignore_errors=True)
+    return stamp
+
+
+def task_result(metrics: dict | None) -> dict | None:
+    if metrics is None:
+        return None
+    return {k: metrics[k] for k in ("uar", "war", "n", "per_class_recall")}
+
+
+def train_and_evaluate(run: Run, plan: Plan) -> dict:
+    from s4d.train.evaluate import evaluate
+    from s4d.train.finetune import finetune
+
+    tick = time.time()
+    summary = finetune(run.params, run.dir / "finetune")
+    tuned = time.time()
+    metrics = evaluate(run.params, checkpoint=run.dir / "finetune" / "model.pt", out_dir=run.dir / "eval")
+    done = time.time()
+    stamp = read_json(run.pretrain.dir / PRETRAIN_STAMP) if run.pretrain else None
+    return {
+        "arm": run.arm.name, "study": run.arm.study, "label": run.arm.label, "seed": run.seed,
+        "budget": plan.budget, "params_file": plan.params_file, "overrides": run.overrides, "key": run.key,
+        "same_as": None,
+        "pretrain": None if run.pretrain is None else {
+            "kind": run.pretrain.kind, "dir": str(run.pretrain.dir),
+            "seconds": stamp["seconds"] if stamp else None},
+        "dynamic": task_result(metrics["dynamic"]), "static": task_result(metrics.get("static")),
+        "routing": str(run.dir / "eval" / "routing.json"),
+        "finetune": {"dir": str(run.dir / "finetune"), "best_epoch": summary["best_epoch"],
+                     "epochs_run": summary["epochs_run"]},
+        "seconds": {"finetune": round(tuned - tick, 1), "evaluate": round(done - tuned, 1)},
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+@dataclass
+class Counts:
+    pretrained: int = 0
+    trained: int = 0  # fine-tune + evaluate runs
+    copied: int = 0  # records of arms that are the same run as another
+    cached: int = 0
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def execute(plan: Plan, log: Callable[[str], None] = say) -> Counts:
+    """Run what is not cached, in plan order; one progress line per run."""
+    from s4d.train.metrics import write_json
+
+    counts, started, total = Counts(), time.time(), len(plan.runs)
+    for i, run in enumerate(plan.runs, start=1):
+        head = f"[{i}/{total}] {run.arm.name} seed{run.seed}"
+        state = run_state(run)
+        if state == "cached":
+            counts.cached += 1
+            log(f"{head}: cached ({run.dir / RESULT})")
+            continue
+        tick = time.time()
+        if state == "stale":
+            log(f"{head}: the record is from other params, data or pretraining; redoing the run")
+        if run.same_as is not None:
+            owner = read_json(run.same_as.dir / RESULT)
+            if owner is None or owner.get("key") != run.key:
+                raise RuntimeError(f"{run.same_as.dir / RESULT} should have been written by this grid")
+            record = {**owner, "arm": run.arm.name, "study": run.arm.study, "label": run.arm.label,
+                      "overrides": run.overrides, "same_as": run.same_as.arm.name, "seconds": {}}
+            write_json(run.dir / RESULT, record)
+            counts.copied += 1
+            log(f"{head}: same run as {run.same_as.arm.name} seed{run.seed}, record copied")
+            continue
+        job = run.pretrain
+        if job is not None and not pretrain_cached(job):
+            log(f"{head}: pretraining {job.kind} seed{job.seed} -> {job.dir}")
+            stamp = run_pretraining(job)
+            counts.pretrained += 1
+            log(f"{head}: pretraining {job.kind} done in {stamp['seconds']:.1f} s")
+        log(f"{head}: fine-tune + evaluate -> {run.dir}")
+        record = train_and_evaluate(run, plan)
+        write_json(run.dir / RESULT, record)
+        counts.trained += 1
+        dyn = record["dynamic"]
+        log(f"{head}: dynamic test UAR {dyn['uar']:.4f} WAR {dyn['war']:.4f} in {time.time() - tick:.1f} s "
+            f"(grid {time.time() - started:.0f} s)")
+    log(f"grid done in {time.time() - started:.0f} s: {counts.pretrained} pretraining(s) and {counts.trained} "
+        f"run(s) trained, {counts.copied} record(s) copied, {counts.cached} cached")
+    return counts
+
+
+def describe(plan: Plan) -> str:
+    """The --dry-run text: what runs with which overrides, and what is cached."""
+    lines = [f"params {plan.params_file}, budget {plan.budget}, seeds {plan.seeds}",
+             f"common overrides: {' '.join(plan.common) or '(none)'}", "", "pretraining (shared per kind and seed):"]
+    for job in plan.pretrainings:
+        state = "cached" if pretrain_cached(job) else "to run"
+        extra = job.overrides[len(plan.common):]
+        lines.append(f"  {job.kind:<6} seed{job.seed}  {state:<7} {job.dir}  {' '.join(extra)}")
+    lines += ["", "runs (fine-tune + evaluate):"]
+    for run in plan.runs:
+        name = f"{run.arm.name} seed{run.seed}"
+        if run.same_as is not None:
+            lines.append(f"  {name:<18} same run as {run.same_as.arm.name} seed{run.seed}  [{run_state(run)}]")
+            continue
+        extra = run.overrides[len(plan.common):]
+        note = "" if run.requested else "  (needed by an arm that is the same run)"
+        lines.append(f"  {name:<18} {run_state(run):<7} {' '.join(extra)}{note}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ cli
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m s4d.experiments.grid", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arms", nargs="+", metavar="ARM", choices=list(ARM_BY_NAME),
+                   help="run only these arms (default: all): " + ", ".join(ARM_BY_NAME))
+    p.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, metavar="N",
+                   help=f"seeds per arm, 0..N-1 (default: {DEFAULT_SEEDS})")
+    p.add_argument("--budget", default="default", choices=list(BUDGETS),
+                   help="named training budget: " + "; ".join(f"{k}: {' '.join(v) or 'params.yaml'}"
+                                                              for k, v in BUDGETS.items()))
+    p.add_argument("--dry-run", action="store_true", help="print the plan (overrides, cached runs) and exit")
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="params overrides applied to every run")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    bad = [o for o in args.overrides if "=" not in o]
+    if bad:
+        print(f"error: overrides must look like key=value, got {bad}", file=sys.stderr)
+        return 2
+    try:
+        plan = build_plan(args.params, args.arms, args.seeds, args.budget, args.overrides)
+    except GridError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(describe(plan))
+        return 0
+    from s4d.models.checkpoint import CheckpointError
+    from s4d.train.evaluate import EvaluateError
+    from s4d.train.finetune import FinetuneError
+
+    try:
+        execute(plan)
+    except (FinetuneError, EvaluateError, CheckpointError, FileNotFoundError) as e:  # data or params, not a bug
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""The experiment grid and the report: a real grid on the micro dataset (2 arms that share a pretraining,
+plus the arm that is the same run as one of them, x 2 seeds), its resume, and the report's numbers and
+verdicts, checked against values computed here from the records."""
+import json
+import math
+import os
+import re
+import statistics
+import time
+
+import numpy as np
+import pytest
+
+from conftest import MICRO_MODEL, ROOT, run_module, write_micro_dataset
+from s4d.experiments.report import RECIPE_END, RECIPE_START, build_report, pooled_std, verdict
+
+MICRO_GRID = MICRO_MODEL + ["pretrain.epochs=1", "pretrain.batch_size=8", "pretrain.image_batch_size=16",
+                            "finetune.epochs=1", "finetune.batch_size=8", "finetune.image_batch_size=8",
+                            "evaluate.clips=1"]
+ARMS = ["pre_dual", "ft_video", "ft_s4d"]  # ft_video is the same run as pre_dual; both arms use dual pretraining
+SEEDS = (0, 1)
+ENV = {"OMP_NUM_THREADS": "1"}
+
+
+def grid(project, *args):
+    done = run_module("s4d.experiments.grid", "--arms", *ARMS, "--seeds", str(len(SEEDS)), *args, *MICRO_GRID,
+                      cwd=project, env=ENV)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def trained(stdout):
+    """(pretrainings, runs trained, records copied, cached) from the grid's last line."""
+    m = re.search(r"(\d+) pretraining\(s\) and (\d+) run\(s\) trained, (\d+) record\(s\) copied, (\d+) cached",
+                  stdout)
+    return tuple(int(g) for g in m.groups())
+
+
+def record(project, arm, seed):
+    return json.loads((project / "experiments/runs" / arm / f"seed{seed}" / "result.json").read_text())
+
+
+def outputs(project):
+    """mtime of every file the grid wrote."""
+    return {p: p.stat().st_mtime_ns for p in (project / "experiments").rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """The micro project after one grid run (the first invocation's output kept for the tests)."""
+    root = tmp_path_factory.mktemp("grid")
+    write_micro_dataset(root)
+    first = grid(root)
+    return root, first
+
+
+# ----------------------------------------------------------------------------------------------- grid
+def test_grid_writes_one_record_per_arm_and_seed(project):
+    root, first = project
+    assert trained(first) == (2, 4, 2, 0)  # 2 pretrainings, pre_dual + ft_s4d per seed; ft_video copied
+    for seed in SEEDS:
+        for arm in ARMS:
+            r = record(root, arm, seed)
+            assert (r["arm"], r["seed"], r["budget"]) == (arm, seed, "default")
+            assert {f"pretrain.seed={seed}", f"finetune.seed={seed}", "profile=tiny"} <= set(r["overrides"])
+            assert 0 <= r["dynamic"]["uar"] <= 1 and 0 <= r["dynamic"]["war"] <= 1
+            assert set(r["dynamic"]["per_class_recall"]) == {"c0", "c1", "c2"}
+        video, s4d = record(root, "pre_dual", seed), record(root, "ft_s4d", seed)
+        assert "finetune.static_share=0" in video["overrides"] and video["static"] is None
+        assert set(s4d["static"]) == {"uar", "war", "n", "per_class_recall"}
+        routing = json.loads((root / s4d["routing"]).read_text())  # a path relative to the project root
+        assert routing["experts"] == 8 and len(routing["tasks"]["dynamic"]["layers"]) == 1
+
+
+def test_arms_share_one_pretraining_and_the_same_run_is_not_trained_twice(project):
+    root, _ = project
+    assert sorted(p.relative_to(root).as_posix() for p in (root / "experiments/pretrain").glob("*/seed*")) == \
+        ["experiments/pretrain/dual/seed0", "experiments/pretrain/dual/seed1"]
+    for seed in SEEDS:
+        weights = f"experiments/pretrain/dual/seed{seed}/model.pt"
+        assert (root / weights).is_file()
+        for arm in ("pre_dual", "ft_s4d"):
+            assert f"finetune.init={weights}" in record(root, arm, seed)["overrides"]
+            init = (root / "experiments/runs" / arm / f"seed{seed}" / "finetune/init_report.txt").read_text()
+            assert init.startswith(f"pretraining checkpoint {weights}")
+        copy, owner = record(root, "ft_video", seed), record(root, "pre_dual", seed)
+        assert copy["same_as"] == "pre_dual" and copy["dynamic"] == owner["dynamic"]
+        assert not (root / "experiments/runs/ft_video" / f"seed{seed}" / "finetune").exists()
+    # a finished pretraining keeps its product, not its resume checkpoints
+    assert not list((root / "experiments/pretrain").glob("*/*/checkpoints"))
+
+
+def test_a_second_invocation_trains_nothing_and_changed_params_redo_only_what_they_touch(project):
+    root, _ = project
+    before = outputs(root)
+    for sample in [*(root / "frames").rglob("*"), *(root / "images").iterdir()]:  # the same data written again
+        os.utime(sample, ns=(time.time_ns(), time.time_ns()))
+    again = grid(root)
+    assert trained(again) == (0, 0, 0, 6)
+    assert outputs(root) == before
+
+    plan = grid(root, "--dry-run")
+    assert "cached" in plan and "to run" not in plan and "stale" not in plan
+
+    # Other fine-tuning params: the run is stale and redone, its pretraining (unaffected) is reused; the
+    # video-only pretraining of the new arm is trained on video steps alone.
+    changed = run_module("s4d.experiments.grid", "--arms", "pre_video", "ft_s4d", "--seeds", "1", *MICRO_GRID,
+                         "finetune.label_smoothing=0.2", cwd=root, env=ENV)
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    assert trained(changed.stdout) == (1, 2, 0, 0)
+    pretrained = root / "experiments/pretrain/dual/seed0/model.pt"
+    assert pretrained.stat().st_mtime_ns == before[pretrained]
+    assert "finetune.label_smoothing=0.2" in record(root, "ft_s4d", 0)["overrides"]
+    log = (root / "experiments/pretrain/video/seed0/log.csv").read_text().splitlines()[1:]
+    assert log and all(",video," in line for line in log)
+
+
+def test_grid_rejects_an_unknown_arm_and_missing_prepared_data(tmp_path):
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    bad = run_module("s4d.experiments.grid", "--arms", "nope", cwd=tmp_path)
+    assert bad.returncode == 2 and "nope" in bad.stderr
+    missing = run_module("s4d.experiments.grid", "--dry-run", cwd=tmp_path)
+    assert missing.returncode == 2 and "prepared manifests missing" in missing.stderr
+
+
+# --------------------------------------------------------------------------------------------- report
+def test_report_table_matches_the_records(project, tmp_path, monkeypatch):
+    root, _ = project
+    monkeypatch.chdir(root)  # records name their routing files relative to the project root
+    summary = build_report(out_dir=tmp_path)
+    readme = (tmp_path / "README.md").read_text()
+    for arm in ARMS:
+        records = [json.loads(p.read_text()) for p in sorted((root / "experiments/runs" / arm).glob("seed*/result.json"))]
+        row = summary["table"][arm]
+        assert row["n"] == len(records) == 2
+        for task in ("dynamic", "static"):
+            if records[0][task] is None:
+                assert row[task] is None
+                continue
+            for metric in ("uar", "war"):
+                v = [r[task][metric] for r in records]
+                stats = row[task][metric]
+                assert stats["mean"] == pytest.approx(statistics.mean(v))
+                assert stats["std"] == pytest.approx(statistics.stdev(v))
+                assert stats["n"] == 2
+        dyn = row["dynamic"]
+        line = next(line for line in readme.splitlines() if line.startswith(f"| {arm}"))
+        expected = [f"{100 * statistics.mean(v):.1f} ± {100 * statistics.stdev(v):.1f}"
+                    for v in ([r["dynamic"][m] for r in records] for m in ("uar", "war"))]
+        assert line.split(" | ")[3:5] == expected, (line, dyn)
+    for png in ("results.png", "routing_usage.png", "routing_paths.png", "routing_classes.png", "sfer_dfer.png"):
+        assert (tmp_path / png).stat().st_size > 5000, png
+        assert f"({png})" in readme
+    assert summary["routing"]["seeds"] == [0, 1]
+    routing = json.loads((root / record(root, "ft_s4d", 0)["routing"]).read_text())
+    assert summary["routing"]["paths"][0]["top"] == routing["tasks"]["dynamic"]["top_paths"][:5]
+    assert RECIPE_START in readme and RECIPE_END in readme
+
+
+def test_report_keeps_the_hand_written_recipe(project, tmp_path):
+    root, _ = project
+    build_report(root / "experiments/runs", tmp_path)
+    readme = tmp_path / "README.md"
+    recipe = f"{RECIPE_START}\n## Recipe\n\nrun `base` on DFEW ...\n{RECIPE_END}"
+    readme.write_text(readme.read_text().replace(f"{RECIPE_START}\n{RECIPE_END}", recipe))
+    build_report(root / "experiments/runs", tmp_path)
+    assert recipe in readme.read_text()
+
+
+# ------------------------------------------------------------------------------------------- verdicts
+def test_verdict_rule():
+    win = verdict([0.50, 0.52, 0.54], [0.30, 0.32, 0.34])
+    assert win.reproduces and win.diff == pytest.approx(20.0) and win.pooled_std == pytest.approx(2.0)
+    loss = verdict([0.30, 0.32, 0.34], [0.50, 0.52, 0.54])
+    assert not loss.reproduces and loss.shortfall == pytest.approx(20.0)
+    assert loss.text().startswith("does not reproduce, by 20.0 points")
+    noise = verdict([0.40, 0.50, 0.60], [0.38, 0.48, 0.58])  # +2 points inside a 10-point spread
+    assert not noise.reproduces and noise.shortfall == pytest.approx(8.0)
+    assert pooled_std([0.1, 0.3], [0.2, 0.2, 0.2, 0.2]) == pytest.approx(math.sqrt(0.02 / 4))
+    assert verdict([0.5], [0.4]).reproduces and verdict([0.5], []) is None
+
+
+def write_record(runs, arm, seed, dynamic, static=None):
+    folder = runs / arm / f"seed{seed}"
+    folder.mkdir(parents=True)
+    rec = {"arm": arm, "seed": seed, "budget": "default", "same_as": None, "routing": None,
+           "dynamic": {"uar": dynamic["uar"], "war": dynamic["war"], "n": 10,
+                       "per_class_recall": dynamic.get("recall", {})},
+           "static": None if static is None else {"uar": 0.5, "war": 0.5, "n": 10, "per_class_recall": static}}
+    (folder / "result.json").write_text(json.dumps(rec))
+
+
+def test_claims_on_hand_made_records(tmp_path):
+    runs = tmp_path / "runs"
+    # dual-modal clearly above video-only MAE; video-only MAE clearly below no pretraining
+    for seed, (dual, video, none) in enumerate([(0.60, 0.40, 0.50), (0.62, 0.41, 0.52), (0.61, 0.42, 0.51)]):
+        write_record(runs, "pre_dual", seed, {"uar": dual, "war": dual})
+        write_record(runs, "pre_video", seed, {"uar": video, "war": video})
+        write_record(runs, "pre_none", seed, {"uar": none, "war": none + 0.2})
+    summary = build_report(runs, tmp_path / "out")
+    claims = {(c["better"], c["worse"]): c for c in summary["claims"]}
+    dual = claims["pre_dual", "pre_video"]
+    assert dual["uar"]["reproduces"] and dual["uar"]["diff"] == pytest.approx(20.0)
+    assert dual["uar"]["text"].startswith("reproduces")
+    video = claims["pre_video", "pre_none"]
+    assert not video["uar"]["reproduces"] and video["uar"]["shortfall"] == pytest.approx(10.0)
+    assert video["war"]["shortfall"] == pytest.approx(30.0)
+    readme = (tmp_path / "out/README.md").read_text()
+    assert "UAR reproduces (d +20.0, s 1.0)" in readme
+    assert "UAR does not reproduce, by 10.0 points" in readme
+    assert claims["ft_s4d", "ft_video"]["uar"] is None and "not measured" in readme
+
+
+def test_per_class_transfer_on_hand_made_records(tmp_path):
+    runs = tmp_path / "runs"
+    static = {"happiness": 0.9, "sadness": 0.5, "anger": 0.2, "neutral": 0.7}  # RAF-DB words
+    s4d = {"happy": 0.8, "sad": 0.5, "angry": 0.3, "neutral": 0.4}  # DFEW words
+    video = {"happy": 0.6, "sad": 0.45, "angry": 0.3, "neutral": 0.35}
+    for seed in (0, 1):
+        write_record(runs, "ft_s4d", seed, {"uar": 0.5, "war": 0.5, "recall": s4d}, static)
+        write_record(runs, "ft_video", seed, {"uar": 0.45, "war": 0.45, "recall": video})
+    summary = build_report(runs, tmp_path / "out")
+    rows = {r["class"]: r for r in summary["per_class"]["classes"]}
+    assert set(rows) == {"happy", "sad", "angry", "neutral"}
+    assert rows["happy"]["gain"] == pytest.approx(0.2)
+    names = sorted(rows)
+    x = [static[{"happy": "happiness", "sad": "sadness", "angry": "anger"}.get(n, n)] for n in names]
+    assert summary["per_class"]["r_static_dynamic"] == pytest.approx(np.corrcoef(x, [s4d[n] for n in names])[0, 1])
+    assert summary["per_class"]["r_static_gain"] == pytest.approx(
+        np.corrcoef(x, [s4d[n] - video[n] for n in names])[0, 1])
+    assert (tmp_path / "out/sfer_dfer.png").stat().st_size > 5000
+    assert not (tmp_path / "out/routing_usage.png").exists()  # no routing files: no routing plot
