@@ -22,12 +22,13 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from s4d.train.metrics import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -218,16 +219,8 @@ def build_summary(results_dir: Path, artifacts_dir: Path, runs: dict[str, dict] 
 
 
 def write_json_atomic(path: Path, data: dict) -> Path:
-    """Write via a temp file in the same folder and os.replace: a reader never sees half a summary."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(data, indent=2) + "\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; the summary is for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """The project's atomic JSON write (temp file, then rename): a reader never sees half a summary."""
+    write_json(path, data)
     return path
 
 

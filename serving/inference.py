@@ -34,7 +34,7 @@ import torch
 
 from s4d.data.faces import FaceDetector, align_face, track_faces
 from s4d.data.loaders import MEAN, STD, clip_indices, spatial_crops
-from s4d.data.media import MAX_PIXELS, TIMEOUT_MS, MediaError, read_image, read_media
+from s4d.data.media import MAX_PIXELS, TIMEOUT_MS, MediaError, open_capture, read_image, read_media
 from s4d.models.checkpoint import build_model, read_checkpoint
 
 logger = logging.getLogger("s4d.serving")
@@ -280,15 +280,10 @@ def _declared_frames(path: str) -> int:
 
 
 def _decode_opencv(path: str, name: str, settings: ServingSettings, plan, stride: int) -> SampledVideo | None:
-    cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, TIMEOUT_MS,
-                                                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, TIMEOUT_MS])
+    cap, fps, width, height, declared = open_capture(path)
     try:
         if not cap.isOpened():
             return None
-        fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
-        fps = fps if np.isfinite(fps) and 0 < fps < 1000 else 0.0
-        width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        declared = max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
         if width * height > MAX_PIXELS:
             raise ServingError("too_large", f"{name}: frames are {width}x{height}, above {MAX_PIXELS} pixels")
         rate = fps if fps > 0 else DEFAULT_FPS

@@ -204,16 +204,23 @@ def _check_limits(label: str, width: int, height: int, frames: int, fps: float, 
                          f"{MAX_DECODED_BYTES // 2**20} MiB decoded; pass max_frames")
 
 
-def _read_with_opencv(path, label, max_frames, max_seconds) -> Video | None:
+def open_capture(path: str) -> tuple[cv2.VideoCapture, float, int, int, int]:
+    """An OpenCV FFmpeg capture with open/read timeouts, and its header: (capture, fps (0 if unknown),
+    width, height, declared frame count (an estimate for some containers)). The caller releases it and
+    checks `isOpened()`."""
     cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, TIMEOUT_MS,
                                                    cv2.CAP_PROP_READ_TIMEOUT_MSEC, TIMEOUT_MS])
+    fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+    fps = fps if np.isfinite(fps) and 0 < fps < 1000 else 0.0
+    width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    return cap, fps, width, height, max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
+
+
+def _read_with_opencv(path, label, max_frames, max_seconds) -> Video | None:
+    cap, fps, width, height, declared = open_capture(path)
     try:
         if not cap.isOpened():
             return None
-        fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
-        fps = fps if np.isfinite(fps) and 0 < fps < 1000 else 0.0
-        width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        declared = max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0)  # an estimate for some containers
         wanted = min(declared, max_frames) if max_frames else declared
         _check_limits(label, width, height, wanted, fps, max_seconds)  # refuse before decoding anything
         frames = []
