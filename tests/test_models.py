@@ -48,6 +48,23 @@ def test_classifier_shapes_for_both_modalities():
     assert model(images(3)).shape == (3, 11)
 
 
+@pytest.mark.parametrize("pool", ["mean", "max"])
+def test_pooling_reduces_tokens_as_configured(pool):
+    """`pool` picks the reduction over the block outputs, and only that changes between the two settings."""
+    cfg = dataclasses.replace(small_cfg(), pool=pool)
+    model = S4DClassifier(cfg, num_dynamic_classes=7).eval()
+    x = videos(2, cfg)
+    with torch.no_grad():
+        tokens = model.embed(x)
+        for block in model.blocks:
+            tokens = block(tokens)
+        expected = tokens.amax(dim=1) if pool == "max" else tokens.mean(dim=1)
+        assert torch.allclose(model.features(x), model.fc_norm(expected), atol=1e-6)
+        other = S4DClassifier(dataclasses.replace(cfg, pool="mean" if pool == "max" else "max"), 7).eval()
+        other.load_state_dict(model.state_dict())  # same weights, other pooling: other features
+        assert not torch.allclose(other.features(x), model.features(x), atol=1e-3)
+
+
 def test_mae_shapes_and_per_token_targets():
     cfg = small_cfg()
     mae = MaskedAutoencoder(cfg)

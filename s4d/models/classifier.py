@@ -26,11 +26,12 @@ class S4DClassifier(VideoViT):
             layer.experts.reset_output()
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean-pooled, normalised token features (B, D)."""
+        """Pooled (`cfg.pool`: mean or max over tokens), normalised token features (B, D)."""
         tokens = self.embed(x)
         for block in self.blocks:
             tokens = block(tokens)
-        return self.fc_norm(tokens.mean(dim=1))
+        pooled = tokens.amax(dim=1) if self.cfg.pool == "max" else tokens.mean(dim=1)
+        return self.fc_norm(pooled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.features(x)
