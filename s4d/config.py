@@ -261,8 +261,15 @@ def to_dict(obj: Any) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(obj), resolve=True)
 
 
+# Model fields added after checkpoints were first written, with the behaviour those checkpoints were trained
+# with: a stored config without them must not pick up today's tiny defaults (max pooling would run silently
+# on weights trained with the mean).
+LEGACY_MODEL_FIELDS = {"stem": "linear", "pool": "mean"}
+
+
 def model_from_dict(d: dict) -> ModelConfig:
     """Rebuild a ModelConfig stored in a checkpoint, checked like the params file."""
+    d = {**LEGACY_MODEL_FIELDS, **d}
     try:
         cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), d))
     except OmegaConfBaseException as e:

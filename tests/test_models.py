@@ -261,6 +261,20 @@ def test_checkpoint_round_trip(tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))  # nothing left behind by the atomic write
 
 
+def test_checkpoint_from_before_stem_and_pool_rebuilds_as_it_was_trained(tmp_path):
+    """A stored config without `stem`/`pool` (written before they existed) means the linear stem and mean
+    pooling it was trained with, not today's tiny defaults (hmlp, max)."""
+    old_cfg = dataclasses.replace(small_cfg(), stem="linear", pool="mean")
+    model = trained_like(S4DClassifier(old_cfg, 7, 5)).eval()
+    save_checkpoint(tmp_path / "old.pt", model)
+    ckpt = read_checkpoint(tmp_path / "old.pt")
+    del ckpt["model_config"]["stem"], ckpt["model_config"]["pool"]
+    loaded = build_model(ckpt).eval()
+    assert (loaded.cfg.stem, loaded.cfg.pool) == ("linear", "mean")
+    x = videos(2)
+    assert torch.equal(loaded(x), model(x))
+
+
 def test_loading_is_strict_and_names_keys(tmp_path):
     model = S4DClassifier(small_cfg(), 7, 5)
     sd = model.state_dict()
