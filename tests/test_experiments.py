@@ -6,12 +6,15 @@ import math
 import os
 import re
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 
 from conftest import MICRO_MODEL, ROOT, run_module, write_micro_dataset
+from s4d.experiments.grid import GridError, build_plan, parse_shard, run_cost, shard_runs
 from s4d.experiments.report import RECIPE_END, RECIPE_START, build_report, pooled_std, verdict
 
 MICRO_GRID = MICRO_MODEL + ["pretrain.epochs=1", "pretrain.batch_size=8", "pretrain.image_batch_size=16",
@@ -121,6 +124,43 @@ def test_grid_rejects_an_unknown_arm_and_missing_prepared_data(tmp_path):
     assert bad.returncode == 2 and "nope" in bad.stderr
     missing = run_module("s4d.experiments.grid", "--dry-run", cwd=tmp_path)
     assert missing.returncode == 2 and "prepared manifests missing" in missing.stderr
+
+
+def test_shards_deal_every_run_once_and_keep_copies_with_their_owner(project, monkeypatch):
+    root, _ = project
+    monkeypatch.chdir(root)
+    plan = build_plan(arms=ARMS, seeds=len(SEEDS), overrides=MICRO_GRID)
+    for shards in (1, 2, 3):
+        dealt = [shard_runs(plan, k, shards) for k in range(shards)]
+        assert sorted(id(r) for part in dealt for r in part) == sorted(id(r) for r in plan.runs)
+        for part in dealt:
+            assert [r for r in plan.runs if r in part] == part  # plan order kept
+            for run in part:
+                assert run.same_as is None or run.same_as in part
+        cost = [sum(run_cost(r) for r in part if r.same_as is None) for part in dealt]
+        assert max(cost) - min(cost) <= 2  # a joint run (2) or a video-only run (1) apart at most
+    for bad in ("0/2", "3/2", "2", "a/b"):
+        with pytest.raises(GridError, match="--shard"):
+            parse_shard(bad)
+
+
+def test_two_shard_processes_make_the_shared_pretraining_once(tmp_path):
+    """Two real shard processes at once: pre_dual (video-only) and ft_s4d (joint) go to different shards,
+    both need the dual pretraining of seed 0; one makes it, the other waits on the lock and reuses it."""
+    write_micro_dataset(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **ENV}
+    procs = [subprocess.Popen([sys.executable, "-m", "s4d.experiments.grid", "--arms", *ARMS, "--seeds", "1",
+                               "--shard", f"{k}/2", *MICRO_GRID], cwd=tmp_path, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for k in (1, 2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, out[-2000:] + err[-3000:]
+    counts = [trained(out) for out, _ in outs]
+    assert sum(c[0] for c in counts) == 1  # one pretraining between them
+    assert [c[1] for c in counts] == [1, 1] and sum(c[2] for c in counts) == 1
+    for arm in ARMS:
+        assert record(tmp_path, arm, 0)["dynamic"]["n"] > 0
+    assert list((tmp_path / "experiments/pretrain").glob("*/seed*")) == [tmp_path / "experiments/pretrain/dual/seed0"]
 
 
 # --------------------------------------------------------------------------------------------- report

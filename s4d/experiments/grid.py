@@ -1,7 +1,7 @@
 """The experiment grid of the reproduction report (issue 7): each arm is a set of params overrides, run over
 seeds at the `tiny` profile on the prepared data (the embedded benchmark by default).
 
-    python -m s4d.experiments.grid [--arms ARM ...] [--seeds N] [--budget NAME] [--dry-run]
+    python -m s4d.experiments.grid [--arms ARM ...] [--seeds N] [--budget NAME] [--shard K/N] [--dry-run]
                                    [--params FILE] [key=value ...]
 
 Studies and arms (`--dry-run` prints the resolved overrides):
@@ -18,7 +18,10 @@ and pretraining (its `key`) is skipped, so re-running the command continues wher
 with another key (params.yaml, the budget or the data changed) is redone.
 
 Everything runs in this process, one job after the other: pretrain() (DeepSpeed, one rank), finetune(),
-evaluate().
+evaluate(). To use more cores, start N processes with `--shard 1/N` ... `--shard N/N` (each, say, with
+OMP_NUM_THREADS=1): the trained runs are dealt to the shards by their expected cost (a joint fine-tune
+counts twice a video-only one), a copied record goes with the run it copies, and a pretraining that two
+shards need is made by whichever gets its lock first.
 
 Outputs:
   experiments/pretrain/<kind>/seed<k>/   pretrain()'s model.pt, log.csv, loss.png, summary.json; grid.json
@@ -27,6 +30,7 @@ Outputs:
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -88,6 +92,7 @@ ARM_BY_NAME = {arm.name: arm for arm in ARMS}
 # Named training budgets: overrides applied to every run.
 BUDGETS: dict[str, tuple[str, ...]] = {
     "default": (),  # params.yaml's epochs
+    "laptop": ("finetune.epochs=8",),  # the committed report's: 3 seeds in ~1.5 h on 2 cores (2 shards)
     "short": ("pretrain.epochs=1", "pretrain.warmup_epochs=0.25", "finetune.epochs=4",
               "finetune.warmup_epochs=0.5"),  # a quick look: the numbers are not the study's
 }
@@ -255,6 +260,45 @@ def run_state(run: Run) -> str:
     return "cached" if record.get("key") == run.key else "stale"
 
 
+# --------------------------------------------------------------------------------------------- shards
+def parse_shard(text: str) -> tuple[int, int]:
+    """'K/N' (1 <= K <= N) -> (K - 1, N)."""
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise GridError(f"--shard must look like K/N (e.g. 1/2), not {text!r}") from None
+    if not 1 <= k <= n:
+        raise GridError(f"--shard {text}: K must be between 1 and N")
+    return k - 1, n
+
+
+def run_cost(run: Run) -> int:
+    return 2 if run.params.finetune.static_share > 0 else 1  # a joint fine-tune takes twice the steps
+
+
+def shard_runs(plan: Plan, shard: int, shards: int) -> list[Run]:
+    """The runs of one shard, in plan order: each trained run goes to the least loaded shard so far (the
+    same deal in every process, since the plan is the same), each copy to the shard of the run it copies."""
+    dealt, owner_shard = [0] * shards, {}
+    for run in plan.runs:
+        if run.same_as is None:
+            owner_shard[id(run)] = k = min(range(shards), key=dealt.__getitem__)
+            dealt[k] += run_cost(run)
+    return [r for r in plan.runs if owner_shard[id(r.same_as or r)] == shard]
+
+
+@contextmanager
+def pretrain_lock(job: PretrainJob) -> Iterator[None]:
+    """Held while one shard checks and makes a pretraining, so that two shards never make the same one."""
+    job.dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(job.dir.parent / f".{job.dir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 # -------------------------------------------------------------------------------------------- execute
 @contextmanager
 def rendezvous_restored() -> Iterator[None]:
@@ -333,12 +377,13 @@ def say(line: str) -> None:
     print(line, flush=True)
 
 
-def execute(plan: Plan, log: Callable[[str], None] = say) -> Counts:
-    """Run what is not cached, in plan order; one progress line per run."""
+def execute(plan: Plan, log: Callable[[str], None] = say, shard: tuple[int, int] = (0, 1)) -> Counts:
+    """Run what is not cached (of this shard's runs), in plan order; one progress line per run."""
     from s4d.train.metrics import write_json
 
-    counts, started, total = Counts(), time.time(), len(plan.runs)
-    for i, run in enumerate(plan.runs, start=1):
+    runs = shard_runs(plan, *shard)
+    counts, started, total = Counts(), time.time(), len(runs)
+    for i, run in enumerate(runs, start=1):
         head = f"[{i}/{total}] {run.arm.name} seed{run.seed}"
         state = run_state(run)
         if state == "cached":
@@ -360,10 +405,12 @@ def execute(plan: Plan, log: Callable[[str], None] = say) -> Counts:
             continue
         job = run.pretrain
         if job is not None and not pretrain_cached(job):
-            log(f"{head}: pretraining {job.kind} seed{job.seed} -> {job.dir}")
-            stamp = run_pretraining(job)
-            counts.pretrained += 1
-            log(f"{head}: pretraining {job.kind} done in {stamp['seconds']:.1f} s")
+            with pretrain_lock(job):
+                if not pretrain_cached(job):  # another shard may have made it while this one waited
+                    log(f"{head}: pretraining {job.kind} seed{job.seed} -> {job.dir}")
+                    stamp = run_pretraining(job)
+                    counts.pretrained += 1
+                    log(f"{head}: pretraining {job.kind} done in {stamp['seconds']:.1f} s")
         log(f"{head}: fine-tune + evaluate -> {run.dir}")
         record = train_and_evaluate(run, plan)
         write_json(run.dir / RESULT, record)
@@ -407,6 +454,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", default="default", choices=list(BUDGETS),
                    help="named training budget: " + "; ".join(f"{k}: {' '.join(v) or 'params.yaml'}"
                                                               for k, v in BUDGETS.items()))
+    p.add_argument("--shard", default="1/1", metavar="K/N",
+                   help="run the K-th of N shares of the grid (start N processes, K = 1..N; default: 1/1)")
     p.add_argument("--dry-run", action="store_true", help="print the plan (overrides, cached runs) and exit")
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="params overrides applied to every run")
@@ -420,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: overrides must look like key=value, got {bad}", file=sys.stderr)
         return 2
     try:
+        shard = parse_shard(args.shard)
         plan = build_plan(args.params, args.arms, args.seeds, args.budget, args.overrides)
     except GridError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -432,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     from s4d.train.finetune import FinetuneError
 
     try:
-        execute(plan)
+        execute(plan, shard=shard)
     except (FinetuneError, EvaluateError, CheckpointError, FileNotFoundError) as e:  # data or params, not a bug
         print(f"error: {e}", file=sys.stderr)
         return 1
