@@ -43,12 +43,18 @@ bench: $(STAMP)
 
 # The reproduction grid (issue 7): every arm x 3 seeds on the embedded data, then the report. Resumable: a
 # finished run is skipped, so running it again continues where it stopped. Options go in GRID_ARGS, e.g.
-# `make grid GRID_ARGS="--budget short --seeds 1"`.
+# `make grid GRID_ARGS="--budget short --seeds 1"`; GRID_SHARDS=N runs N shard processes side by side with
+# one thread each (the committed report: `make grid GRID_ARGS="--budget laptop" GRID_SHARDS=2`).
+GRID_SHARDS ?= 1
 grid: $(STAMP)
 	$(BIN)/s4d generate
 	$(BIN)/dvc add -q data
 	$(BIN)/dvc repro validate
-	$(BIN)/python -m s4d.experiments.grid $(GRID_ARGS)
+	@if [ "$(GRID_SHARDS)" = 1 ]; then $(BIN)/python -m s4d.experiments.grid $(GRID_ARGS); else \
+	  pids=""; for k in $$(seq 1 $(GRID_SHARDS)); do \
+	    OMP_NUM_THREADS=1 $(BIN)/python -m s4d.experiments.grid --shard $$k/$(GRID_SHARDS) $(GRID_ARGS) & \
+	    pids="$$pids $$!"; done; \
+	  status=0; for p in $$pids; do wait $$p || status=1; done; exit $$status; fi
 	$(BIN)/python -m s4d.experiments.report
 
 # Only the report (reports/README.md and its plots) from the run records already in experiments/.
