@@ -19,7 +19,7 @@ from s4d.experiments.report import RECIPE_END, RECIPE_START, build_report, poole
 
 MICRO_GRID = MICRO_MODEL + ["pretrain.epochs=1", "pretrain.batch_size=8", "pretrain.image_batch_size=16",
                             "finetune.epochs=1", "finetune.batch_size=8", "finetune.image_batch_size=8",
-                            "evaluate.clips=1"]
+                            "evaluate.clips=1", "finetune.init=pretrain"]  # the paper's protocol
 ARMS = ["pre_dual", "ft_video", "ft_s4d"]  # ft_video is the same run as pre_dual; both arms use dual pretraining
 SEEDS = (0, 1)
 ENV = {"OMP_NUM_THREADS": "1"}
@@ -144,6 +144,32 @@ def test_shards_deal_every_run_once_and_keep_copies_with_their_owner(project, mo
             parse_shard(bad)
 
 
+def test_finetuning_arms_start_where_params_say(project, monkeypatch):
+    """With finetune.init=scratch (the tiny default) the fine-tuning arms need no pretraining and ft_video
+    is the same run as pre_none; a checkpoint file is keyed by its contents."""
+    root, _ = project
+    monkeypatch.chdir(root)
+    scratch = [o for o in MICRO_GRID if not o.startswith("finetune.init")] + ["finetune.init=scratch"]
+    plan = build_plan(arms=["ft_video", "ft_s4d"], seeds=1, overrides=scratch)
+    runs = {r.arm.name: r for r in plan.runs}
+    assert plan.pretrainings == [] and set(runs) == {"pre_none", "ft_video", "ft_s4d"}
+    assert runs["ft_video"].same_as is runs["pre_none"] and not runs["pre_none"].requested
+    assert runs["ft_s4d"].init == "scratch" and runs["ft_s4d"].pretrain is None
+    paper = {r.arm.name: r for r in build_plan(arms=["ft_s4d"], seeds=1, overrides=MICRO_GRID).runs}
+    assert paper["ft_s4d"].init == "pretrain:dual" and paper["ft_s4d"].key != runs["ft_s4d"].key
+
+    weights = root / "experiments/pretrain/dual/seed0/model.pt"
+    ckpt = root / "start.pt"
+    ckpt.write_bytes(weights.read_bytes())
+    from_file = scratch[:-1] + [f"finetune.init={ckpt}"]
+    first = build_plan(arms=["ft_s4d"], seeds=1, overrides=from_file).runs[0]
+    ckpt.write_bytes(weights.read_bytes() + b"other")
+    assert build_plan(arms=["ft_s4d"], seeds=1, overrides=from_file).runs[0].key != first.key
+    ckpt.unlink()
+    with pytest.raises(GridError, match="no such checkpoint"):
+        build_plan(arms=["ft_s4d"], seeds=1, overrides=from_file)
+
+
 def test_two_shard_processes_make_the_shared_pretraining_once(tmp_path):
     """Two real shard processes at once: pre_dual (video-only) and ft_s4d (joint) go to different shards,
     both need the dual pretraining of seed 0; one makes it, the other waits on the lock and reuses it."""
@@ -187,7 +213,8 @@ def test_report_table_matches_the_records(project, tmp_path, monkeypatch):
         line = next(line for line in readme.splitlines() if line.startswith(f"| {arm}"))
         expected = [f"{100 * statistics.mean(v):.1f} ± {100 * statistics.stdev(v):.1f}"
                     for v in ([r["dynamic"][m] for r in records] for m in ("uar", "war"))]
-        assert line.split(" | ")[3:5] == expected, (line, dyn)
+        assert line.split(" | ")[4:6] == expected, (line, dyn)
+        assert line.split(" | ")[2] == "dual MAE" == row["init"][0]  # all three arms start from the dual MAE
     for png in ("results.png", "routing_usage.png", "routing_paths.png", "routing_classes.png", "sfer_dfer.png"):
         assert (tmp_path / png).stat().st_size > 5000, png
         assert f"({png})" in readme

@@ -7,12 +7,17 @@ seeds at the `tiny` profile on the prepared data (the embedded benchmark by defa
 Studies and arms (`--dry-run` prints the resolved overrides):
   pretraining  pre_none, pre_video, pre_dual: no pretraining / video-only MAE / dual-modal MAE, each followed
                by the same video-only fine-tune
-  finetuning   ft_video, ft_vanilla, ft_s4d: video-only / vanilla multi-task (no MoAE) / S4D, all from the
-               dual-modal MAE
+  finetuning   ft_video, ft_vanilla, ft_s4d: video-only / vanilla multi-task (no MoAE) / S4D
   experts, top_k, layers   MoAE ablations of the S4D fine-tune
 
-Arms whose resolved params are identical are one run (ft_video is pre_dual; experts8, top2 and layers3 are
-ft_s4d at the default MoAE): the first arm in the list trains, the others get a copy of its record.
+The pretraining arms set their start themselves. The other arms start where params.yaml's `finetune.init`
+says: `pretrain` is the paper's protocol (the dual-modal MAE of the same seed), `scratch` (the tiny default,
+since a laptop-sized MAE is a worse start than random weights) or a checkpoint file are used as they are;
+`finetune.init=pretrain` on the command line runs the paper's protocol.
+
+Arms whose resolved params are identical are one run (ft_video is pre_dual, or pre_none when the fine-tunes
+start from scratch; experts8, top2 and layers3 are ft_s4d at the default MoAE): the first arm in the list
+trains, the others get a copy of its record.
 Pretraining is shared per (kind, seed). A run whose record exists and was made from the same params, data
 and pretraining (its `key`) is skipped, so re-running the command continues where it stopped; a record
 with another key (params.yaml, the budget or the data changed) is redone.
@@ -62,12 +67,15 @@ PRETRAINING: dict[str, tuple[str, ...]] = {
 }
 
 
+FROM_PARAMS = "params"  # an arm that starts where params' finetune.init says ("pretrain": the dual-modal MAE)
+
+
 @dataclass(frozen=True)
 class Arm:
     name: str
     study: str
     label: str
-    pretrain: str | None  # a PRETRAINING kind; None: finetune.init=scratch
+    pretrain: str | None  # a PRETRAINING kind, FROM_PARAMS, or None: no pretraining (with finetune.init=scratch)
     overrides: tuple[str, ...] = ()
 
 
@@ -75,17 +83,17 @@ ARMS: tuple[Arm, ...] = (
     Arm("pre_none", "pretraining", "no pretraining", None, ("finetune.init=scratch", VIDEO_ONLY)),
     Arm("pre_video", "pretraining", "video-only MAE", "video", (VIDEO_ONLY,)),
     Arm("pre_dual", "pretraining", "dual-modal MAE", "dual", (VIDEO_ONLY,)),
-    Arm("ft_video", "finetuning", "video-only", "dual", (VIDEO_ONLY,)),
-    Arm("ft_vanilla", "finetuning", "vanilla multi-task", "dual", (f"{MOAE}.layers=0",)),
-    Arm("ft_s4d", "finetuning", "S4D (MoAE joint)", "dual"),
-    Arm("experts2", "experts", "2 experts", "dual", (f"{MOAE}.experts=2",)),
-    Arm("experts4", "experts", "4 experts", "dual", (f"{MOAE}.experts=4",)),
-    Arm("experts8", "experts", "8 experts", "dual", (f"{MOAE}.experts=8",)),
-    Arm("top1", "top_k", "top-1 routing", "dual", (f"{MOAE}.top_k=1",)),
-    Arm("top2", "top_k", "top-2 routing", "dual", (f"{MOAE}.top_k=2",)),
-    Arm("layers1", "layers", "MoAE on the last block", "dual", (f"{MOAE}.layers=1",)),
-    Arm("layers3", "layers", "MoAE on the last 3 blocks", "dual", (f"{MOAE}.layers=3",)),
-    Arm("layers6", "layers", "MoAE on all 6 blocks", "dual", (f"{MOAE}.layers=6",)),
+    Arm("ft_video", "finetuning", "video-only", FROM_PARAMS, (VIDEO_ONLY,)),
+    Arm("ft_vanilla", "finetuning", "vanilla multi-task", FROM_PARAMS, (f"{MOAE}.layers=0",)),
+    Arm("ft_s4d", "finetuning", "S4D (MoAE joint)", FROM_PARAMS),
+    Arm("experts2", "experts", "2 experts", FROM_PARAMS, (f"{MOAE}.experts=2",)),
+    Arm("experts4", "experts", "4 experts", FROM_PARAMS, (f"{MOAE}.experts=4",)),
+    Arm("experts8", "experts", "8 experts", FROM_PARAMS, (f"{MOAE}.experts=8",)),
+    Arm("top1", "top_k", "top-1 routing", FROM_PARAMS, (f"{MOAE}.top_k=1",)),
+    Arm("top2", "top_k", "top-2 routing", FROM_PARAMS, (f"{MOAE}.top_k=2",)),
+    Arm("layers1", "layers", "MoAE on the last block", FROM_PARAMS, (f"{MOAE}.layers=1",)),
+    Arm("layers3", "layers", "MoAE on the last 3 blocks", FROM_PARAMS, (f"{MOAE}.layers=3",)),
+    Arm("layers6", "layers", "MoAE on all 6 blocks", FROM_PARAMS, (f"{MOAE}.layers=6",)),
 )
 ARM_BY_NAME = {arm.name: arm for arm in ARMS}
 
@@ -123,6 +131,7 @@ class Run:
     dir: Path
     key: str  # resolved params, data_fingerprint and the pretraining it starts from
     pretrain: PretrainJob | None
+    init: str  # what the fine-tune starts from: "pretrain:<kind>", "scratch" or a checkpoint path
     same_as: Run | None = None  # an earlier arm with identical params: its record is reused
     requested: bool = True  # False: in the plan only because a requested arm is the same run
 
@@ -181,6 +190,16 @@ def data_fingerprint(params: Params) -> str:
     return h.hexdigest()[:16]
 
 
+def init_fingerprint(init: str) -> str:
+    """'scratch' as it is (the key stays what it was for scratch runs); a checkpoint file by its contents."""
+    if init == "scratch":
+        return init
+    path = Path(init)
+    if not path.is_file():
+        raise GridError(f"finetune.init {init!r}: no such checkpoint file (expected pretrain, scratch or a file)")
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
 def pretrain_key(params: Params, data_key: str) -> str:
     """What a pretraining's output depends on: the model, pretraining and data settings, and the data."""
     settings = {"model": to_dict(params.model), "pretrain": to_dict(params.pretrain), "data": to_dict(params.data)}
@@ -211,14 +230,17 @@ def build_plan(params_file: str = "params.yaml", arms: list[str] | None = None, 
         for arm in ARMS:
             job = None
             ovr = [*common, *arm.overrides, *seed_overrides(seed)]
-            if arm.pretrain is not None:
-                if (arm.pretrain, seed) not in pretrainings:
-                    pre_ovr = [*common, *PRETRAINING[arm.pretrain], f"pretrain.seed={seed}"]
+            kind = arm.pretrain
+            if kind == FROM_PARAMS:
+                kind = "dual" if base.finetune.init == "pretrain" else None
+            if kind is not None:
+                if (kind, seed) not in pretrainings:
+                    pre_ovr = [*common, *PRETRAINING[kind], f"pretrain.seed={seed}"]
                     pre_params = load(params_file, pre_ovr)
-                    pretrainings[arm.pretrain, seed] = PretrainJob(
-                        arm.pretrain, seed, pre_ovr, pre_params, PRETRAIN_DIR / arm.pretrain / f"seed{seed}",
+                    pretrainings[kind, seed] = PretrainJob(
+                        kind, seed, pre_ovr, pre_params, PRETRAIN_DIR / kind / f"seed{seed}",
                         pretrain_key(pre_params, data_key))
-                job = pretrainings[arm.pretrain, seed]
+                job = pretrainings[kind, seed]
                 ovr.append(f"finetune.init={job.dir / 'model.pt'}")
             try:
                 params = load(params_file, ovr)
@@ -227,8 +249,9 @@ def build_plan(params_file: str = "params.yaml", arms: list[str] | None = None, 
                     raise GridError(f"arm {arm.name}: {e}") from None
                 continue  # e.g. layers6 on a shallower model: it cannot be the same run as a requested arm
             resolved = json.dumps(to_dict(params), sort_keys=True)
-            key = digest(resolved, data_key, job.key if job else "scratch")
-            run = Run(arm, seed, ovr, params, RUNS_DIR / arm.name / f"seed{seed}", key, job,
+            init = f"pretrain:{job.kind}" if job else params.finetune.init
+            key = digest(resolved, data_key, job.key if job else init_fingerprint(init))
+            run = Run(arm, seed, ovr, params, RUNS_DIR / arm.name / f"seed{seed}", key, job, init,
                       same_as=by_params.get(resolved), requested=arm.name in requested)
             by_params.setdefault(resolved, run)
             runs.append(run)
@@ -353,6 +376,7 @@ def train_and_evaluate(run: Run, plan: Plan) -> dict:
         "arm": run.arm.name, "study": run.arm.study, "label": run.arm.label, "seed": run.seed,
         "budget": plan.budget, "params_file": plan.params_file, "overrides": run.overrides, "key": run.key,
         "same_as": None,
+        "init": run.init,
         "pretrain": None if run.pretrain is None else {
             "kind": run.pretrain.kind, "dir": str(run.pretrain.dir),
             "seconds": stamp["seconds"] if stamp else None},

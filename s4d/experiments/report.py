@@ -31,7 +31,7 @@ METRICS = ("uar", "war")
 S4D_ARM = "ft_s4d"
 VIDEO_ARM = "ft_video"
 STUDY_TITLES = {"pretraining": "Pretraining (each followed by the same video-only fine-tune)",
-                "finetuning": "Fine-tuning from the dual-modal MAE",
+                "finetuning": "Fine-tuning: video-only vs vanilla multi-task vs S4D",
                 "experts": "MoAE ablation: number of experts",
                 "top_k": "MoAE ablation: experts per token (top-k)",
                 "layers": "MoAE ablation: number of MoAE layers"}
@@ -86,12 +86,22 @@ def values(records: list[dict], task: str, metric: str) -> list[float]:
     return [r[task][metric] for r in records if r.get(task)]
 
 
+def start(record: dict) -> str:
+    """What a run was fine-tuned from, in words (records from before `init` was stored: from `pretrain`)."""
+    init = record.get("init") or (f"pretrain:{record['pretrain']['kind']}" if record.get("pretrain") else "scratch")
+    if init.startswith("pretrain:"):
+        return f"{init.split(':', 1)[1]} MAE"
+    return init if init == "scratch" else Path(init).name
+
+
 def results_table(arms: dict[str, list[dict]]) -> dict:
-    """Per arm: seeds, n and mean/std/n of each task's UAR and WAR (None for a task the arm has no head for)."""
+    """Per arm: seeds, n, start (init) and mean/std/n of each task's UAR and WAR (None for a task the arm
+    has no head for)."""
     table = {}
     for name, records in arms.items():
         row: dict = {"seeds": [r["seed"] for r in records], "n": len(records),
-                     "same_as": sorted({r["same_as"] for r in records if r.get("same_as")})}
+                     "same_as": sorted({r["same_as"] for r in records if r.get("same_as")}),
+                     "init": sorted({start(r) for r in records})}
         for task in TASKS:
             row[task] = ({m: mean_std(values(records, task, m)) for m in METRICS}
                          if values(records, task, "uar") else None)
@@ -393,17 +403,18 @@ def kept_recipe(readme: Path) -> str:
 
 
 def table_lines(table: dict, study: str) -> list[str]:
-    lines = ["| arm | setting | n | dynamic UAR | dynamic WAR | static UAR | static WAR |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| arm | setting | from | n | dynamic UAR | dynamic WAR | static UAR | static WAR |",
+             "|---|---|---|---|---|---|---|---|"]
     for arm in (a for a in ARMS if a.study == study):
         row = table.get(arm.name)
         if row is None:
-            lines.append(f"| {arm.name} | {arm.label} | 0 | not run | | | |")
+            lines.append(f"| {arm.name} | {arm.label} | | 0 | not run | | | |")
             continue
         dyn, stat = row["dynamic"] or {}, row["static"] or {}
         note = f" (= {', '.join(row['same_as'])})" if row["same_as"] else ""
-        lines.append(f"| {arm.name}{note} | {arm.label} | {row['n']} | {cell(dyn.get('uar'))} | "
-                     f"{cell(dyn.get('war'))} | {cell(stat.get('uar'))} | {cell(stat.get('war'))} |")
+        lines.append(f"| {arm.name}{note} | {arm.label} | {', '.join(row['init'])} | {row['n']} | "
+                     f"{cell(dyn.get('uar'))} | {cell(dyn.get('war'))} | {cell(stat.get('uar'))} | "
+                     f"{cell(stat.get('war'))} |")
     return lines
 
 
@@ -495,7 +506,9 @@ def readme(records: list[dict], summary: dict, figures: set[str], recipe: str) -
                   "them.**", ""]
     lines += ["## Results", "", "Test UAR / WAR in %, mean ± sample std over seeds (n = seeds). Dynamic: the "
               "video test split (multi-view); static: the image test split, for models with a static head. An "
-              "arm marked (= other) is the same run as that arm.", ""]
+              "arm marked (= other) is the same run as that arm. From: what the fine-tune started from (random "
+              "weights, or the MAE pretraining of the same seed); the grid's fine-tuning and ablation arms start "
+              "where params.yaml's `finetune.init` says.", ""]
     for study, title in STUDY_TITLES.items():
         lines += [f"### {title}", "", *table_lines(summary["table"], study), ""]
     if "results.png" in figures:
