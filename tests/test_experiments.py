@@ -225,14 +225,18 @@ def test_report_table_matches_the_records(project, tmp_path, monkeypatch):
     assert RECIPE_START in readme and RECIPE_END in readme
 
 
-def test_report_keeps_the_hand_written_recipe(project, tmp_path):
+def test_report_keeps_the_hand_written_blocks(project, tmp_path):
     root, _ = project
     build_report(root / "experiments/runs", tmp_path)
     readme = tmp_path / "README.md"
     recipe = f"{RECIPE_START}\n## Recipe\n\nrun `base` on DFEW ...\n{RECIPE_END}"
-    readme.write_text(readme.read_text().replace(f"{RECIPE_START}\n{RECIPE_END}", recipe))
+    discussion = "<!-- discussion -->\n## Discussion\n\nseeds are noisy\n<!-- /discussion -->"
+    text = readme.read_text().replace(f"{RECIPE_START}\n{RECIPE_END}", recipe)
+    readme.write_text(text.replace("<!-- discussion -->\n<!-- /discussion -->", discussion))
     build_report(root / "experiments/runs", tmp_path)
-    assert recipe in readme.read_text()
+    text = readme.read_text()
+    assert recipe in text and discussion in text
+    assert text.index("## Claims") < text.index(discussion) < text.index("## Routing analysis") < text.index(recipe)
 
 
 # ------------------------------------------------------------------------------------------- verdicts
