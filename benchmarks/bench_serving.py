@@ -1,13 +1,15 @@
-"""Serving benchmark: a real `bentoml serve` of the tiny model (or --checkpoint) answering real HTTP.
+"""Serving benchmark: a real `bentoml serve` of make repro's model (else an untrained tiny one) answering real HTTP.
 
 1. End-to-end latency of a 10 s 640x360 video upload (p50 / p95 over --requests sequential requests),
    with the server's own split (decode / faces / model).
 2. Clips/s at the clip endpoint under 8 concurrent clients, with adaptive batching (/classify_clips) and
-   without (/classify_clips_unbatched: one model call per request of one clip), alternated over rounds.
+   without (/classify_clips_unbatched: one model call per request of one clip), alternated over rounds;
+   before the server starts, the same model in this process on 1 vs 8 clips per call, the ceiling of
+   what batching can gain on this machine.
 3. A soak: 8 concurrent clients for --soak seconds mixing video, image, clip and bad uploads; every answer
    must be the expected one (0 errors) and the same worker must be alive afterwards.
 
-    python -m benchmarks.bench_serving [--checkpoint artifacts/finetune/model.pt] [--soak 60] [--quick]
+    python -m benchmarks.bench_serving [--checkpoint FILE] [--soak 60] [--quick]
 
 Targets on the 2-core CPU with `tiny`: a 10 s video in <= 2 s p50; adaptive batching >= 1.5x the clips/s
 of batch size 1. Figures go to benchmarks/results/serving.json. The machine may be shared: the load
@@ -33,6 +35,7 @@ from serving.testing import (MEDIA, ServiceProcess, encode_video, make_checkpoin
                              synthetic_face_frames, synthetic_face_image)
 
 CLIENTS = 8
+TRAINED = Path(__file__).resolve().parents[1] / "artifacts" / "finetune" / "model.pt"
 
 
 def ten_second_video(folder: Path) -> tuple[Path, str]:
@@ -101,6 +104,28 @@ def clip_throughput(url: str, route: str, seconds: float, body: bytes) -> dict:
     return {"clips_per_s": round(sum(done) / elapsed, 2), "requests": sum(done), "errors": len(errors)}
 
 
+def model_batch_ceiling(checkpoint: Path, batch: int = 8, seconds: float = 5.0) -> dict:
+    """Clips/s of the serving Predictor called in this process (no HTTP) on one clip per call and on
+    `batch` clips per call: the most adaptive batching can gain when the model is the work. On a CPU
+    whose cores are already busy with one clip's matmuls this ratio is near 1."""
+    from serving.inference import Predictor
+
+    predictor = Predictor.from_checkpoint(checkpoint)
+    size, frames = predictor.img_size, predictor.num_frames
+    clips = np.random.default_rng(0).integers(0, 256, (batch, frames, size, size, 3), dtype=np.uint8)
+    out = {}
+    for n in (1, batch):
+        for _ in range(8):  # warm-up, and the thread tuner's exploration
+            predictor.classify_clips(clips[:n])
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            predictor.classify_clips(clips[:n])
+            done += n
+        out[f"batch{n}_clips_per_s"] = round(done / (time.perf_counter() - start), 2)
+    out["ratio"] = round(out[f"batch{batch}_clips_per_s"] / out["batch1_clips_per_s"], 2)
+    return out
+
+
 def batch_sizes(url: str) -> dict:
     """Mean adaptive batch size per API so far, from the service's Prometheus histogram."""
     text = requests.get(f"{url}/metrics", timeout=10).text
@@ -156,7 +181,8 @@ def soak(url: str, seconds: float, files: dict, clip_body: bytes) -> dict:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--checkpoint", help="a fine-tuned checkpoint (default: an untrained tiny model)")
+    ap.add_argument("--checkpoint", help="a fine-tuned checkpoint (default: make repro's artifacts/finetune/"
+                                         "model.pt when it exists, else an untrained tiny model)")
     ap.add_argument("--requests", type=int, default=20, help="sequential video requests for the latency")
     ap.add_argument("--seconds", type=float, default=20.0, help="per throughput round")
     ap.add_argument("--rounds", type=int, default=2, help="alternating throughput rounds per mode")
@@ -168,6 +194,8 @@ def main(argv=None) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix="s4d-bench-serving-"))
     home = work / "bentoml"
+    if args.checkpoint is None and TRAINED.is_file():
+        args.checkpoint = str(TRAINED)
     checkpoint = Path(args.checkpoint) if args.checkpoint else make_checkpoint(work / "model.pt")
     tag = store_model(checkpoint, home, "s4d-champion")
     video, video_source = ten_second_video(work)
@@ -180,6 +208,9 @@ def main(argv=None) -> dict:
     load_before = os.getloadavg()
     figures: dict = {"model": tag, "checkpoint": str(args.checkpoint or "untrained tiny profile"),
                      "video": video_source, "clients": CLIENTS}
+    print("[serving] model alone, batch 1 vs 8 clips per call (the ceiling of any batching gain)", flush=True)
+    figures["model_batch_ceiling"] = model_batch_ceiling(checkpoint, seconds=2.0 if args.quick else 5.0)
+    print(f"  {figures['model_batch_ceiling']}", flush=True)
     with ServiceProcess("serving.service:S4DService", home, work / "serve.log") as service:
         url = service.url
         meta = requests.get(f"{url}/model", timeout=10).json()

@@ -132,6 +132,8 @@ def declared_figures() -> list[Figure]:
              Figure(6, "clips_s_adaptive_batching", "clips/s", "serving", "clip_throughput.batched_clips_per_s"),
              Figure(6, "clips_s_batch1", "clips/s", "serving", "clip_throughput.unbatched_clips_per_s"),
              Figure(6, "adaptive_batching_speedup", "x", "serving", "clip_throughput.speedup", target=(">=", 1.5)),
+             Figure(6, "model_batch8_over_batch1", "x", "serving", "model_batch_ceiling.ratio",
+                    note="the model alone, 8 vs 1 clips per call: the ceiling of the batching speedup"),
              Figure(6, "soak_seconds", "s", "serving", "soak.seconds", target=(">=", 60.0)),
              Figure(6, "soak_errors", "errors", "serving", "soak.errors", target=("==", 0.0))]
     return figs
