@@ -271,8 +271,12 @@ def plot_results(arms: dict[str, list[dict]], path: Path) -> None:
     """Dynamic test UAR and WAR per arm, one panel per study: bars = mean, whiskers = std, dots = seeds."""
     plt = pyplot()
     studies = [s for s in STUDY_TITLES if any(a.study == s and a.name in arms for a in ARMS)]
+    classes = {len(r["dynamic"]["per_class_recall"]) for rs in arms.values() for r in rs if r.get("dynamic")}
+    chance = 100 / classes.pop() if len(classes) == 1 else None  # UAR of a constant guess; one label set only
     fig, axes = plt.subplots(1, len(studies), figsize=(3.2 * len(studies) + 1, 3.8), squeeze=False)
     for ax, study in zip(axes[0], studies):
+        if chance is not None:
+            ax.axhline(chance, color="grey", ls="--", lw=1, label="chance (UAR)")
         names = [a.name for a in ARMS if a.study == study and a.name in arms]
         for offset, metric, colour in ((-0.2, "uar", "tab:blue"), (0.2, "war", "tab:orange")):
             for i, name in enumerate(names):
