@@ -100,7 +100,7 @@ ARM_BY_NAME = {arm.name: arm for arm in ARMS}
 # Named training budgets: overrides applied to every run.
 BUDGETS: dict[str, tuple[str, ...]] = {
     "default": (),  # params.yaml's epochs
-    "laptop": ("finetune.epochs=8",),  # the committed report's: 3 seeds in ~1.5 h on 2 cores (2 shards)
+    "laptop": ("finetune.epochs=8",),  # the committed report's: 3 seeds in ~75 min on 2 cores (2 shards)
     "short": ("pretrain.epochs=1", "pretrain.warmup_epochs=0.25", "finetune.epochs=4",
               "finetune.warmup_epochs=0.5"),  # a quick look: the numbers are not the study's
 }
