@@ -272,7 +272,8 @@ def plot_results(arms: dict[str, list[dict]], path: Path) -> None:
     plt = pyplot()
     studies = [s for s in STUDY_TITLES if any(a.study == s and a.name in arms for a in ARMS)]
     classes = {len(r["dynamic"]["per_class_recall"]) for rs in arms.values() for r in rs if r.get("dynamic")}
-    chance = 100 / classes.pop() if len(classes) == 1 else None  # UAR of a constant guess; one label set only
+    # UAR of a constant guess, drawn when every record has the same number of classes
+    chance = 100 / classes.pop() if len(classes) == 1 and 0 not in classes else None
     fig, axes = plt.subplots(1, len(studies), figsize=(3.2 * len(studies) + 1, 3.8), squeeze=False)
     for ax, study in zip(axes[0], studies):
         if chance is not None:
