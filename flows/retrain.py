@@ -25,7 +25,6 @@ artifacts/flow/runs/<time>-<run>.json (+ artifacts/flow/last_run.json).
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -44,6 +43,8 @@ from typing import Any, Iterator, Optional
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import INPUTS, RUN_ID, TASK_SOURCE
+
+from s4d.locks import file_lock
 
 FLOW_DIR = Path("artifacts/flow")
 RESOLVED_PARAMS = FLOW_DIR / "params.yaml"
@@ -132,17 +133,9 @@ def load_resolved(params_file: str):
 @contextmanager
 def project_lock() -> Iterator[None]:
     """One run per project folder: they would overwrite each other's artifacts."""
-    FLOW_DIR.mkdir(parents=True, exist_ok=True)
-    with open(FLOW_DIR / ".lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(f"another retraining run is working in {Path.cwd()} ({FLOW_DIR / '.lock'} is held); "
-                               f"wait for it to finish") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with file_lock(FLOW_DIR / ".lock", busy=f"another retraining run is working in {Path.cwd()} "
+                                             f"({FLOW_DIR / '.lock'} is held); wait for it to finish"):
+        yield
 
 
 def stream_process(cmd: list[str], logger, prefix: str, env: Optional[dict] = None,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -30,6 +29,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Optional
+
+from s4d.locks import file_lock
 
 CANDIDATE = "s4d-dfer"
 CHAMPION = "s4d-champion"
@@ -120,14 +121,8 @@ def _store():
 @contextlib.contextmanager
 def _lock() -> Iterator[None]:
     """One promotion / rollback at a time (flock on a file beside the model store)."""
-    store_dir = Path(_store()._path)
-    store_dir.mkdir(parents=True, exist_ok=True)
-    with open(store_dir / f".{CHAMPION}.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with file_lock(Path(_store()._path) / f".{CHAMPION}.lock"):
+        yield
 
 
 def _checkpoint_in(path: Path, metadata: dict) -> Optional[Path]:

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 
 from conftest import MICRO_MODEL, ROOT, run_module, write_micro_dataset
 from s4d.experiments.grid import GridError, build_plan, parse_shard, run_cost, run_state, shard_runs
-from s4d.experiments.report import RECIPE_END, RECIPE_START, build_report, pooled_std, verdict
+from s4d.experiments.report import RECIPE_END, RECIPE_START, ReportError, build_report, pooled_std, verdict
 
 MICRO_GRID = MICRO_MODEL + ["pretrain.epochs=1", "pretrain.batch_size=8", "pretrain.image_batch_size=16",
                             "finetune.epochs=1", "finetune.batch_size=8", "finetune.image_batch_size=8",
@@ -237,6 +238,23 @@ def test_report_keeps_the_hand_written_blocks(project, tmp_path):
     text = readme.read_text()
     assert recipe in text and discussion in text
     assert text.index("## Claims") < text.index(discussion) < text.index("## Routing analysis") < text.index(recipe)
+
+
+def test_report_refuses_no_records_and_a_broken_record_and_keeps_the_last_report(project, tmp_path):
+    root, _ = project
+    out = tmp_path / "reports"
+    build_report(root / "experiments/runs", out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    empty = run_module("s4d.experiments.report", cwd=tmp_path)
+    assert empty.returncode == 2 and "no run records" in empty.stderr and "experiments.grid" in empty.stderr
+    assert "Traceback" not in empty.stderr
+    runs = tmp_path / "runs"
+    shutil.copytree(root / "experiments/runs", runs)
+    broken = runs / "ft_s4d/seed0/result.json"
+    broken.write_text('{"arm": "ft_s4d", ')
+    with pytest.raises(ReportError, match=r"ft_s4d/seed0/result.json: not a run record"):
+        build_report(runs, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 # ------------------------------------------------------------------------------------------- verdicts

@@ -35,7 +35,6 @@ Outputs:
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
 import json
 import os
@@ -49,6 +48,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from s4d.config import ConfigError, Params, load_params, to_dict
+from s4d.locks import file_lock
 
 EXPERIMENTS = Path("experiments")
 PRETRAIN_DIR = EXPERIMENTS / "pretrain"
@@ -192,12 +192,13 @@ def data_fingerprint(params: Params) -> str:
 
 def init_fingerprint(init: str) -> str:
     """'scratch' as it is (the key stays what it was for scratch runs); a checkpoint file by its contents."""
+    from s4d.registry import sha256_file
+
     if init == "scratch":
         return init
-    path = Path(init)
-    if not path.is_file():
+    if not Path(init).is_file():
         raise GridError(f"finetune.init {init!r}: no such checkpoint file (expected pretrain, scratch or a file)")
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return sha256_file(init)[:16]
 
 
 def pretrain_key(params: Params, data_key: str) -> str:
@@ -224,6 +225,7 @@ def build_plan(params_file: str = "params.yaml", arms: list[str] | None = None, 
     data_key = data_fingerprint(base)
 
     pretrainings: dict[tuple[str, int], PretrainJob] = {}
+    init_keys: dict[str, str] = {}  # a start checkpoint is hashed once, not once per run
     runs: list[Run] = []
     for seed in range(seeds):
         by_params: dict[str, Run] = {}
@@ -250,7 +252,9 @@ def build_plan(params_file: str = "params.yaml", arms: list[str] | None = None, 
                 continue  # e.g. layers6 on a shallower model: it cannot be the same run as a requested arm
             resolved = json.dumps(to_dict(params), sort_keys=True)
             init = f"pretrain:{job.kind}" if job else params.finetune.init
-            key = digest(resolved, data_key, job.key if job else init_fingerprint(init))
+            if job is None and init not in init_keys:
+                init_keys[init] = init_fingerprint(init)
+            key = digest(resolved, data_key, job.key if job else init_keys[init])
             run = Run(arm, seed, ovr, params, RUNS_DIR / arm.name / f"seed{seed}", key, job, init,
                       same_as=by_params.get(resolved), requested=arm.name in requested)
             by_params.setdefault(resolved, run)
@@ -316,13 +320,8 @@ def shard_runs(plan: Plan, shard: int, shards: int) -> list[Run]:
 @contextmanager
 def pretrain_lock(job: PretrainJob) -> Iterator[None]:
     """Held while one shard checks and makes a pretraining, so that two shards never make the same one."""
-    job.dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(job.dir.parent / f".{job.dir.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with file_lock(job.dir.parent / f".{job.dir.name}.lock"):
+        yield
 
 
 # -------------------------------------------------------------------------------------------- execute

@@ -73,8 +73,25 @@ RULE = ("A claim *reproduces* on a metric when the mean difference over seeds d 
 
 
 # ---------------------------------------------------------------------------------------------- data
+class ReportError(ValueError):
+    """No records to report on, or a record that cannot be read; reported without a traceback."""
+
+
 def load_records(runs_dir: Path = RUNS_DIR) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(Path(runs_dir).glob(f"*/seed*/{RESULT}"))]
+    """Every run record under runs_dir; none at all is an error (a report of empty tables would replace
+    the last real one)."""
+    paths = sorted(Path(runs_dir).glob(f"*/seed*/{RESULT}"))
+    if not paths:
+        raise ReportError(f"no run records (<arm>/seed<k>/{RESULT}) under {runs_dir}: run "
+                          "`python -m s4d.experiments.grid` first")
+    records = []
+    for path in paths:
+        try:
+            records.append(json.loads(path.read_text()))
+        except json.JSONDecodeError as e:
+            raise ReportError(f"{path}: not a run record ({e}); delete it and run the grid again to redo "
+                              "that run") from None
+    return records
 
 
 def by_arm(records: list[dict]) -> dict[str, list[dict]]:
@@ -533,12 +550,12 @@ def readme(records: list[dict], summary: dict, figures: set[str], kept: dict[str
 
 def build_report(runs_dir: Path = RUNS_DIR, out_dir: Path = REPORTS) -> dict:
     """Write out_dir/README.md, summary.json and the figures from the records under runs_dir."""
+    records = load_records(runs_dir)  # first: a failure leaves the last report as it was
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     kept = {name: kept_block(out_dir / "README.md", name) for name in HAND_WRITTEN}
     for name in FIGURES:  # a figure whose data is gone must not stay behind from an earlier report
         (out_dir / name).unlink(missing_ok=True)
-    records = load_records(runs_dir)
     arms = by_arm(records)
     routing_runs = load_routing(arms.get(S4D_ARM, []))
     summary = {"records": len(records), "table": results_table(arms), "claims": judge(arms),
@@ -561,7 +578,11 @@ def build_report(runs_dir: Path = RUNS_DIR, out_dir: Path = REPORTS) -> dict:
 def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(prog="python -m s4d.experiments.report", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
-    summary = build_report()
+    try:
+        summary = build_report()
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {REPORTS / 'README.md'} from {summary['records']} run record(s)")
     return 0
 
