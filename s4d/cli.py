@@ -16,6 +16,7 @@ COMMANDS = {
     "evaluate": ("s4d.train.evaluate", "stage: multi-view test metrics, confusion matrix, routing"),
     "gate": ("s4d.gate", "stage: candidate vs floors and the champion (artifacts/gate/decision.json)"),
     "package": ("s4d.package", "stage: promote the gated candidate and build the bento (skips on a failed gate)"),
+    "import": ("s4d.models.importer", "convert a published VideoMAE / S4D checkpoint into ours (SRC DST)"),
     "registry": ("s4d.registry", "champion registry: list, show, promote TAG, rollback"),
     "retrain": ("flows.retrain", "run the Prefect retraining flow once, here (no deployment needed)"),
 }

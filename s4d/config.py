@@ -34,6 +34,9 @@ class MoAEConfig:
     top_k: int = rng(2, 1, 8)  # experts each token is routed to (noisy top-k while training)
     bottleneck: int = rng(48, 1, 4096)  # adapter hidden width
     capacity_factor: float = rng(1.25, 0.1, 16.0)  # slots per expert = factor * tokens * top_k / experts
+    # priority: slots rounded up, every first choice served before any second choice; official: rounded down,
+    # each expert serves its tokens in batch order (the published S4D code; `s4d import` sets it for S4D files)
+    capacity: str = rng("priority", choices=("priority", "official"))  # how slots are counted and filled
 
 
 @dataclass
@@ -47,9 +50,9 @@ class ModelConfig:
     num_heads: int = rng(3, 1, 64)
     mlp_ratio: float = rng(4.0, 0.5, 16.0)
     drop_path: float = rng(0.1, 0.0, 0.9)  # stochastic depth at the last block (fine-tuning only)
-    # sincos3d: separate time/height/width channels; sincos_flat: over the flattened token index, as in
-    # the published VideoMAE / MAE-DFER / S4D checkpoints (use it when loading those).
-    pos_embed: str = rng("sincos3d", choices=("sincos3d", "sincos_flat"))
+    # sincos3d: separate time/height/width channels; sincos_flat: the published VideoMAE / MAE-DFER / S4D
+    # table over the flattened token index (sin/cos interleaved); learned: a trained table stored with the weights.
+    pos_embed: str = rng("sincos3d", choices=("sincos3d", "sincos_flat", "learned"))
     # hmlp: a patch-local 3-stage MLP stem (DeiT III) with which small ViTs learn from little data in minutes.
     stem: str = rng("hmlp", choices=("linear", "hmlp"))  # tubelet embedding: linear (published checkpoints) or hmlp
     # mean: the paper's (VideoMAE) average over tokens. max: the strongest response of each channel over all

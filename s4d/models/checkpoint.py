@@ -1,14 +1,11 @@
-"""Checkpoints: our self-describing format, strict loading with a report, and published-format conversion.
+"""Checkpoints: our self-describing format, strict loading with a report, and published files.
 
 Our file: {"format": "s4d-ops", "format_version", "kind": "mae"|"classifier", "model_config",
 "num_dynamic_classes", "num_static_classes", "state_dict", "meta"}.
 
-Published VideoMAE / MAE-DFER / S4D files differ from our names in three ways, converted here:
-the attention bias is split into `attn.q_bias` + `attn.v_bias` (no k bias: a k bias adds the same value to
-every logit of a query, so softmax ignores it and zero is exact), experts are one module each
-(`moe_layer.experts.E.fc1.weight`) where we stack them, and the DFER head is called `head`. Pretraining
-files prefix the encoder with `encoder.` and carry `decoder.*`, `encoder_to_decoder.*` and a top-level
-`mask_token` (ours sits in the decoder, which uses it).
+Published VideoMAE / MAE-DFER / S4D files are read and converted by official.py (`s4d import SRC DST` writes
+the converted model in our format). Loading compares the stored model config with the model it goes into:
+fixed position tables are not in the state dict, so only the config shows which one the weights learned with.
 """
 from __future__ import annotations
 
@@ -23,6 +20,7 @@ from torch import nn
 from s4d.config import ModelConfig, model_from_dict, to_dict
 from s4d.models.classifier import S4DClassifier
 from s4d.models.mae import MaskedAutoencoder
+from s4d.models.official import Converted, Published, PublishedFormatError, convert, load_file, read_published
 
 FORMAT = "s4d-ops"
 FORMAT_VERSION = 1
@@ -79,38 +77,32 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict | None = None
 
 # ---------------------------------------------------------------------------------------------- read
 def read_checkpoint(path: str | Path) -> dict:
-    """Our format, checked; a published file comes back as {"kind": "published", "state_dict": ...}."""
+    """Our format, checked; a published file comes back as {"kind": "published", "published": Published}."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
-        raise CheckpointError(f"{path} is not a readable torch checkpoint: {e}") from None
-    if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        if obj.get("format_version") != FORMAT_VERSION:
-            raise CheckpointError(f"{path}: format version {obj.get('format_version')} is not supported "
-                                  f"(this s4d-ops reads version {FORMAT_VERSION})")
-        return obj
-    return {"kind": "published", "state_dict": unwrap(obj, path)}
+        obj = load_file(path)
+        if isinstance(obj, dict) and obj.get("format") == FORMAT:
+            if obj.get("format_version") != FORMAT_VERSION:
+                raise CheckpointError(f"{path}: format version {obj.get('format_version')} is not supported "
+                                      f"(this s4d-ops reads version {FORMAT_VERSION})")
+            return obj
+        return {"kind": "published", "published": read_published(path, obj)}
+    except PublishedFormatError as e:
+        raise CheckpointError(str(e)) from None
 
 
-def unwrap(obj, path: str | Path = "checkpoint") -> dict[str, torch.Tensor]:
-    """The state dict inside a published file: top level, or under `model` / `module` / `state_dict`."""
-    for key in ("model", "module", "state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: no state dict found (looked at the top level and under "
-                              f"'model', 'module', 'state_dict')")
-    return obj
+def convert_published(published: Published) -> Converted:
+    try:
+        return convert(published)
+    except PublishedFormatError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def build_model(ckpt: dict) -> nn.Module:
     """Rebuild the model an s4d-ops checkpoint describes and load it strictly."""
     if ckpt.get("kind") not in ("mae", "classifier"):
-        raise CheckpointError("build_model needs an s4d-ops checkpoint (a published file has no config)")
+        raise CheckpointError("build_model needs an s4d-ops checkpoint (a published file has no config: "
+                              "`s4d import SRC DST` converts it)")
     cfg = model_from_dict(ckpt["model_config"])
     if ckpt["kind"] == "mae":
         model = MaskedAutoencoder(cfg)
@@ -120,48 +112,49 @@ def build_model(ckpt: dict) -> nn.Module:
     return model
 
 
-# --------------------------------------------------------------------------------------- conversion
-def from_published(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Published VideoMAE / MAE-DFER / S4D names -> ours (prefixes such as `encoder.` are kept)."""
-    out: dict[str, torch.Tensor] = {}
-    experts: dict[str, dict[int, torch.Tensor]] = {}
-    for key, value in sd.items():
-        if key.endswith("attn.q_bias"):
-            prefix = key[: -len("q_bias")]
-            v_bias = sd[prefix + "v_bias"]
-            out[prefix + "qkv.bias"] = torch.cat([value, torch.zeros_like(value), v_bias])
-        elif key.endswith("attn.v_bias"):
-            continue
-        elif m := re.match(r"(.*\.moe_layer\.experts)\.(\d+)\.(fc[12]\.(?:weight|bias))$", key):
-            experts.setdefault(f"{m[1]}.{m[3]}", {})[int(m[2])] = value
-        elif key.startswith("head."):
-            out["head_dynamic." + key[len("head."):]] = value
-        elif key == "mask_token":
-            out["decoder.mask_token"] = value
-        else:
-            out[key] = value
-    for key, per_expert in experts.items():
-        out[key] = torch.stack([per_expert[e] for e in sorted(per_expert)])
-    return out
+def model_from_published(converted: Converted, source: str) -> tuple[nn.Module, LoadReport]:
+    """The model a converted published file describes, every tensor loaded (nothing fresh, nothing extra)."""
+    if converted.kind == "mae":
+        model = MaskedAutoencoder(converted.cfg)
+    else:
+        model = S4DClassifier(converted.cfg, converted.num_dynamic_classes, converted.num_static_classes)
+    report = load_strict(model, converted.state_dict, source)
+    report.ignored = [f"{k} ({why})" for k, why in converted.ignored.items()]
+    return model, report
 
 
-def to_published(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Our names -> published ones (the inverse of from_published; the zero k bias is dropped)."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in sd.items():
-        if key.endswith("attn.qkv.bias"):
-            prefix, dim = key[: -len("qkv.bias")], value.shape[0] // 3
-            out[prefix + "q_bias"], out[prefix + "v_bias"] = value[:dim].clone(), value[2 * dim:].clone()
-        elif m := re.match(r"(.*\.moe_layer\.experts)\.(fc[12]\.(?:weight|bias))$", key):
-            for e, tensor in enumerate(value):
-                out[f"{m[1]}.{e}.{m[2]}"] = tensor.clone()
-        elif key.startswith("head_dynamic."):
-            out["head." + key[len("head_dynamic."):]] = value
-        elif key == "decoder.mask_token":
-            out["mask_token"] = value
-        else:
-            out[key] = value
-    return out
+def load_model(path: str | Path) -> nn.Module:
+    """The public way to get a model in eval mode from any checkpoint our tools write (a classifier or an
+    MAE), or from a published VideoMAE / S4D file (converted as `s4d import` does)."""
+    ckpt = read_checkpoint(path)
+    if ckpt["kind"] == "published":
+        model, _ = model_from_published(convert_published(ckpt["published"]), f"published checkpoint {path}")
+    else:
+        model = build_model(ckpt)
+    return model.eval()
+
+
+# Training args worth keeping with an imported model (what it was trained on and as what).
+KEPT_ARGS = ("model", "nb_classes", "input_size", "num_frames", "sampling_rate", "tubelet_size", "use_mean_pooling",
+             "moe_type", "moe_layers", "num_experts", "top_k", "capacity_factor", "mode", "data_set",
+             "sfer_data_set")
+
+
+def import_published(src: str | Path, dst: str | Path, labels: dict | None = None) -> tuple[Converted, LoadReport]:
+    """Convert a published file and write it in our format at `dst` (atomically). `labels`: class names per
+    task ({"dynamic": [...], "static": [...]}) kept in meta for evaluation and serving."""
+    ckpt = read_checkpoint(src)
+    if ckpt["kind"] != "published":
+        raise CheckpointError(f"{src} is already an s4d-ops checkpoint; nothing to import")
+    published = ckpt["published"]
+    converted = convert_published(published)
+    model, report = model_from_published(converted, str(src))
+    meta = {"imported_from": str(src), "architecture": converted.architecture, "config_sources": converted.sources,
+            "args": {k: published.args[k] for k in KEPT_ARGS if k in published.args}}
+    if labels:
+        meta["labels"] = labels
+    save_checkpoint(dst, model, meta=meta)
+    return converted, report
 
 
 # --------------------------------------------------------------------------------------------- load
@@ -194,18 +187,41 @@ def load_strict(model: nn.Module, sd: dict[str, torch.Tensor], source: str,
     return report
 
 
+# The config fields that decide what a weight means without showing in its shape (the fixed position table
+# is a non-persistent buffer, the head count splits qkv, frames and image size pick the table's rows).
+COMPARED = ("pos_embed", "img_size", "patch_size", "num_frames", "tubelet_size", "stem", "embed_dim", "depth",
+            "num_heads")
+
+
+def check_config(stored: ModelConfig, model: ModelConfig, source: str, pooled: bool) -> None:
+    """Refuse weights trained under another config, naming the first key that differs."""
+    for key in COMPARED + (("pool",) if pooled else ()):
+        ours, theirs = getattr(model, key), getattr(stored, key)
+        if ours != theirs:
+            raise CheckpointError(f"{source} was trained with {key}={theirs} but the model has {key}={ours}: "
+                                  f"set models.<profile>.{key}: {theirs}")
+
+
 def init_classifier(model: S4DClassifier, path: str | Path) -> LoadReport:
-    """Initialise a classifier from a pretraining or classifier checkpoint, ours or published.
+    """Initialise a classifier from a pretraining or classifier checkpoint, ours or published (converted as
+    `s4d import` does); the stored config must match the model's (check_config).
 
     From pretraining, heads, fc_norm and MoAE start fresh (MoAE outputs zero, so the network computes
     what the pretrained encoder computes). From a classifier, every weight must load, except the MoAE of
     a checkpoint that has none (vanilla -> S4D), and heads whose class count differs (reported).
     """
     ckpt = read_checkpoint(path)
-    sd = ckpt["state_dict"] if ckpt["kind"] != "published" else from_published(ckpt["state_dict"])
-    if ckpt["kind"] == "mae" or any(k.startswith("encoder.") for k in sd):
+    if ckpt["kind"] == "published":
+        converted = convert_published(ckpt["published"])
+        kind, stored, sd = converted.kind, converted.cfg, converted.state_dict
+        what = f"published {converted.architecture} checkpoint {path}"
+    else:
+        kind, stored, sd = ckpt["kind"], model_from_dict(ckpt["model_config"]), ckpt["state_dict"]
+        what = f"{'pretraining' if kind == 'mae' else 'classifier'} checkpoint {path}"
+    check_config(stored, model.cfg, what, pooled=kind == "classifier")
+    if kind == "mae":
         sd = {k[len("encoder."):] if k.startswith("encoder.") else k: v for k, v in sd.items()}
-        return load_strict(model, sd, f"pretraining checkpoint {path}", FRESH_FROM_PRETRAINING, PRETRAINING_ONLY)
+        return load_strict(model, sd, what, FRESH_FROM_PRETRAINING, PRETRAINING_ONLY)
     fresh: tuple[str, ...] = ()
     if not any(".moe_layer." in k for k in sd):
         fresh += (".moe_layer.",)
@@ -217,4 +233,4 @@ def init_classifier(model: S4DClassifier, path: str | Path) -> LoadReport:
             fresh += (head,)
     if not any(k.startswith("head_static.") for k in sd):
         fresh += ("head_static.",)
-    return load_strict(model, sd, f"classifier checkpoint {path}", fresh, ("pos_embed",))
+    return load_strict(model, sd, what, fresh)

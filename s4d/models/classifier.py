@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from s4d.config import ModelConfig
-from s4d.models.vit import VideoViT, init_weights
+from s4d.models.vit import LayerNorm, VideoViT, init_weights
 
 
 class S4DClassifier(VideoViT):
@@ -18,7 +18,7 @@ class S4DClassifier(VideoViT):
         if num_dynamic_classes < 2:
             raise ValueError(f"num_dynamic_classes must be >= 2, got {num_dynamic_classes}")
         self.num_dynamic_classes, self.num_static_classes = num_dynamic_classes, num_static_classes
-        self.fc_norm = nn.LayerNorm(cfg.embed_dim)
+        self.fc_norm = LayerNorm(cfg.embed_dim)
         self.head_dynamic = nn.Linear(cfg.embed_dim, num_dynamic_classes)
         self.head_static = nn.Linear(cfg.embed_dim, num_static_classes) if num_static_classes else None
         self.apply(init_weights)

@@ -12,7 +12,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from s4d.config import ModelConfig
-from s4d.models.vit import VideoViT, as_clip, init_weights, position_table
+from s4d.models.vit import LayerNorm, VideoViT, as_clip, init_weights, position_table
 
 
 @dataclass
@@ -72,9 +72,9 @@ class Decoder(nn.Module):
         super().__init__()
         self.register_buffer("pos_embed", position_table(cfg, cfg.decoder_dim)[None], persistent=False)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_dim))
-        self.blocks = nn.ModuleList([Block(cfg.decoder_dim, cfg.decoder_heads, cfg.mlp_ratio, qkv_bias=True)
-                                     for _ in range(cfg.decoder_depth)])
-        self.norm = nn.LayerNorm(cfg.decoder_dim)
+        self.blocks = nn.ModuleList([Block(cfg.decoder_dim, cfg.decoder_heads, cfg.mlp_ratio, qkv_bias=True,
+                                           norm_layer=LayerNorm) for _ in range(cfg.decoder_depth)])
+        self.norm = LayerNorm(cfg.decoder_dim)
         self.head = nn.Linear(cfg.decoder_dim, cfg.tubelet_size * cfg.patch_size ** 2 * 3)
 
     def forward(self, latent: torch.Tensor, visible_ids: torch.Tensor, num_tokens: int) -> torch.Tensor:

@@ -35,7 +35,9 @@ class Router(nn.Module):
     def forward(self, x: torch.Tensor) -> Routing:
         logits = self.topkroute_linear(x)
         noisy = logits
-        if self.training:  # noise explores experts while training; eval is deterministic
+        # Noise explores experts while training; eval is deterministic. (The published S4D router adds its
+        # noise in eval too, so the official model's own eval logits vary from run to run: docs/recipe.md.)
+        if self.training:
             noisy = logits + torch.randn_like(logits) * F.softplus(self.noise_linear(x))
         top_values, top_experts = noisy.topk(self.top_k, dim=-1)
         return Routing(top_values.softmax(dim=-1), top_experts, logits.softmax(dim=-1))
@@ -75,6 +77,7 @@ class MoAELayer(nn.Module):
     def __init__(self, dim: int, cfg: MoAEConfig):
         super().__init__()
         self.num_experts, self.top_k, self.capacity_factor = cfg.experts, cfg.top_k, cfg.capacity_factor
+        self.policy = cfg.capacity
         self.router = Router(dim, cfg.experts, cfg.top_k)
         self.experts = AdapterExperts(cfg.experts, dim, cfg.bottleneck)
         # Filled by every forward, read by the loss and the logs.
@@ -84,6 +87,8 @@ class MoAELayer(nn.Module):
         self.top1 = torch.zeros(0, dtype=torch.long)  # first-choice expert per token (routing analysis)
 
     def capacity(self, tokens: int) -> int:
+        if self.policy == "official":  # the published S4D code: int(tokens * top_k / experts * factor)
+            return int(tokens * self.top_k / self.num_experts * self.capacity_factor)
         return math.ceil(self.capacity_factor * tokens * self.top_k / self.num_experts)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -93,10 +98,17 @@ class MoAELayer(nn.Module):
         routing = self.router(x)
         capacity = self.capacity(tokens)
 
-        # Assignments in priority order: every token's first choice before any second choice.
-        expert_of = routing.experts.t().reshape(-1)  # (k*T,)
-        token_of = torch.arange(tokens, device=x.device).repeat(k)
-        gate_of = routing.gates.t().reshape(-1).to(x.dtype)
+        # The order in which assignments take an expert's slots. priority: every token's first choice before
+        # any second choice. official (published S4D): per expert, the tokens that chose it in flat order
+        # (clip-major, then token), whatever the rank of the choice.
+        if self.policy == "official":
+            expert_of = routing.experts.reshape(-1)  # (T*k,) token-major
+            token_of = torch.arange(tokens, device=x.device).repeat_interleave(k)
+            gate_of = routing.gates.reshape(-1).to(x.dtype)
+        else:
+            expert_of = routing.experts.t().reshape(-1)  # (k*T,) choice-major
+            token_of = torch.arange(tokens, device=x.device).repeat(k)
+            gate_of = routing.gates.t().reshape(-1).to(x.dtype)
         onehot = F.one_hot(expert_of, experts)
         position = (onehot.cumsum(0) - 1).gather(1, expert_of[:, None]).squeeze(1)
         keep = position < capacity
@@ -120,8 +132,9 @@ class MoAELayer(nn.Module):
 class MoAEBlock(Block):
     """A timm ViT block with an MoAE branch beside the FFN (same key names as timm's Block otherwise)."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float, cfg: MoAEConfig):
-        super().__init__(dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=drop_path)
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float, cfg: MoAEConfig,
+                 norm_layer: type[nn.Module] = nn.LayerNorm):
+        super().__init__(dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=drop_path, norm_layer=norm_layer)
         self.moe_layer = MoAELayer(dim, cfg)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False):

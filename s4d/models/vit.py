@@ -6,6 +6,7 @@ the position table, so images and videos share every weight.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 from timm.models.vision_transformer import Block
@@ -36,15 +37,30 @@ def sincos_3d_table(grid: tuple[int, int, int], dim: int) -> torch.Tensor:
 
 
 def sincos_flat_table(n: int, dim: int) -> torch.Tensor:
-    """(n, dim) table over the flattened token index, as VideoMAE / MAE-DFER / S4D checkpoints expect."""
-    return sincos_1d(torch.arange(n), dim)
+    """(n, dim) table over the flattened token index, the one VideoMAE / MAE-DFER / S4D were trained with:
+    channel j of position p holds p / 10000^(2*(j//2)/dim), through sin on even j and cos on odd j
+    (interleaved, unlike sincos_1d's sines-then-cosines)."""
+    j = torch.arange(dim)
+    angles = torch.arange(n, dtype=torch.float64)[:, None] / 10000 ** ((2 * (j // 2)).double() / dim)[None]
+    return torch.where(j % 2 == 0, angles.sin(), angles.cos()).float()
 
 
 def position_table(cfg: ModelConfig, dim: int) -> torch.Tensor:
+    """The fixed table of `cfg.pos_embed`; for `learned` the official table is the MAE decoder's (the
+    published pretraining keeps it fixed) and the encoder's starting value is drawn in VideoViT."""
     grid = (cfg.num_frames // cfg.tubelet_size, cfg.img_size // cfg.patch_size, cfg.img_size // cfg.patch_size)
     if cfg.pos_embed == "sincos3d":
         return sincos_3d_table(grid, dim)
     return sincos_flat_table(math.prod(grid), dim)
+
+
+# The published models' LayerNorm (VideoMAE / S4D use eps 1e-6; torch's default is 1e-5).
+LayerNorm = partial(nn.LayerNorm, eps=1e-6)
+
+
+def grid_tokens(cfg: ModelConfig) -> int:
+    """Tokens of a full clip: (num_frames / tubelet) x (img / patch)^2."""
+    return cfg.num_frames // cfg.tubelet_size * (cfg.img_size // cfg.patch_size) ** 2
 
 
 def as_clip(x: torch.Tensor, tubelet_size: int) -> torch.Tensor:
@@ -113,15 +129,20 @@ class VideoViT(nn.Module):
         self.cfg = cfg
         self.patch_embed = HMLPEmbed(cfg) if cfg.stem == "hmlp" else TubeletEmbed(cfg)
         self.tokens_per_slice = (cfg.img_size // cfg.patch_size) ** 2
-        self.register_buffer("pos_embed", position_table(cfg, cfg.embed_dim)[None], persistent=False)
+        if cfg.pos_embed == "learned":  # a trained table: a parameter, saved and loaded with the weights
+            self.pos_embed = nn.Parameter(nn.init.trunc_normal_(torch.zeros(1, grid_tokens(cfg), cfg.embed_dim),
+                                                                std=0.02))
+        else:  # fixed: recomputed from the config, so loading compares the config (checkpoint.py)
+            self.register_buffer("pos_embed", position_table(cfg, cfg.embed_dim)[None], persistent=False)
         rates = torch.linspace(0, drop_path, cfg.depth).tolist()  # stochastic depth grows with depth
         first_moae = cfg.depth - moae_layers
         self.blocks = nn.ModuleList([
-            MoAEBlock(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, rates[i], cfg.moae) if i >= first_moae
-            else Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, qkv_bias=True, drop_path=rates[i])
+            MoAEBlock(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, rates[i], cfg.moae, LayerNorm) if i >= first_moae
+            else Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, qkv_bias=True, drop_path=rates[i],
+                       norm_layer=LayerNorm)
             for i in range(cfg.depth)
         ])
-        self.norm = nn.LayerNorm(cfg.embed_dim) if final_norm else nn.Identity()
+        self.norm = LayerNorm(cfg.embed_dim) if final_norm else nn.Identity()
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Images or videos -> (B, N, D) tokens with positions (a clip may be shorter than num_frames)."""
