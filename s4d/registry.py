@@ -414,8 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="candidates and champion history")
     show = sub.add_parser("show", help="the current champion, or TAG")
     show.add_argument("tag", nargs="?")
-    pro = sub.add_parser("promote", help="make candidate TAG the champion")
-    pro.add_argument("tag")
+    pro = sub.add_parser("promote", help="make candidate TAG (or a classifier checkpoint FILE) the champion")
+    pro.add_argument("tag", help="a candidate tag, or a checkpoint file (e.g. from `s4d import`): saved as a "
+                                 "candidate first")
     pro.add_argument("--reason", default="manual promotion")
     back = sub.add_parser("rollback", help="restore the previous champion")
     back.add_argument("--reason", default="")
@@ -448,6 +449,9 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             _print_record(record, args.json)
             return 0
+        if args.command == "promote" and Path(args.tag).is_file():  # a checkpoint file: a candidate first
+            args.tag = save_candidate(args.tag, {"source_file": str(Path(args.tag).resolve())})
+            print(f"saved {args.tag}", file=sys.stderr)
         record = promote(args.tag, args.reason) if args.command == "promote" else rollback(args.reason)
         _print_record(record, args.json)
         if args.build:

@@ -6,8 +6,7 @@ import torch
 
 from s4d.config import MoAEConfig, base_profile, tiny_profile
 from s4d.models import MaskedAutoencoder, S4DClassifier
-from s4d.models.checkpoint import (CheckpointError, build_model, init_classifier, read_checkpoint,
-                                   save_checkpoint, to_published)
+from s4d.models.checkpoint import CheckpointError, build_model, init_classifier, read_checkpoint, save_checkpoint
 from s4d.models.mae import masked_mse, patchify, random_masking, visible_count
 from s4d.models.moae import MoAELayer
 
@@ -277,44 +276,25 @@ def test_checkpoint_from_before_stem_and_pool_rebuilds_as_it_was_trained(tmp_pat
 
 def test_loading_is_strict_and_names_keys(tmp_path):
     model = S4DClassifier(small_cfg(), 7, 5)
-    sd = model.state_dict()
-    sd["blocks.0.mlp.fc1.weight"] = sd["blocks.0.mlp.fc1.weight"][:-1]
-    torch.save(sd, tmp_path / "shape.pt")
+    save_checkpoint(tmp_path / "shape.pt", model)
+    ckpt = read_checkpoint(tmp_path / "shape.pt")
+    ckpt["state_dict"]["blocks.0.mlp.fc1.weight"] = ckpt["state_dict"]["blocks.0.mlp.fc1.weight"][:-1]
+    torch.save(ckpt, tmp_path / "shape.pt")
     with pytest.raises(CheckpointError, match=r"blocks\.0\.mlp\.fc1\.weight has shape"):
         init_classifier(S4DClassifier(small_cfg(), 7, 5), tmp_path / "shape.pt")
-    # The published code's flaw: expert keys that do not match left the experts silently random.
-    published = to_published(model.state_dict())
-    renamed = {k.replace("moe_layer.experts.", "moe_layer.expert."): v for k, v in published.items()}
-    torch.save({"model": renamed}, tmp_path / "renamed.pt")
-    with pytest.raises(CheckpointError, match=r"(?s)missing \(8\).*experts\.fc1.*unexpected \(64\).*expert\.N\.fc1"):
-        init_classifier(S4DClassifier(small_cfg(), 7, 5), tmp_path / "renamed.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="junk.pt is not a readable"):
         read_checkpoint(tmp_path / "junk.pt")
 
 
-def test_published_classifier_state_dict_loads_back_identically(tmp_path):
-    model = trained_like(S4DClassifier(small_cfg(), 7, 5)).eval()
-    published = to_published(model.state_dict())
-    assert "blocks.0.attn.q_bias" in published and "blocks.0.attn.qkv.bias" not in published
-    assert "blocks.3.moe_layer.experts.7.fc1.weight" in published
-    assert "blocks.3.moe_layer.router.noise_linear.weight" in published and "head.weight" in published
-    torch.save({"module": published}, tmp_path / "published.pt")
-    fresh = S4DClassifier(small_cfg(), 7, 5).eval()
-    report = init_classifier(fresh, tmp_path / "published.pt")
-    assert report.fresh == [] and report.ignored == []
-    for x in (videos(2), images(2)):
-        assert torch.allclose(fresh(x), model(x), atol=1e-5)
-
-
 def test_classifier_starts_from_pretraining_exactly(tmp_path):
-    """A published pretraining file (encoder.*, decoder.*) initialises the classifier, whose tokens then
-    equal the pretrained encoder's; MoAE, heads and fc_norm are reported as fresh."""
+    """Our MAE checkpoint initialises the classifier, whose tokens then equal the pretrained encoder's;
+    MoAE, heads and fc_norm are reported as fresh, the decoder as ignored."""
     cfg = small_cfg()
     mae = MaskedAutoencoder(cfg).eval()
-    torch.save({"model": to_published(mae.state_dict())}, tmp_path / "pretrain.pt")
+    save_checkpoint(tmp_path / "ours.pt", mae)
     model = S4DClassifier(cfg, 7, 7).eval()
-    report = init_classifier(model, tmp_path / "pretrain.pt")
+    report = init_classifier(model, tmp_path / "ours.pt")
     assert any(".moe_layer." in k for k in report.fresh) and "fc_norm.weight" in report.fresh
     assert any(k.startswith("decoder.") for k in report.ignored) and "decoder.mask_token" in report.ignored
     x = videos(2)
@@ -322,7 +302,17 @@ def test_classifier_starts_from_pretraining_exactly(tmp_path):
     for ours_block, their_block in zip(model.blocks, mae.encoder.blocks):
         ours, theirs = ours_block(ours), their_block(theirs)
     assert torch.allclose(ours, theirs, atol=1e-6)
-    save_checkpoint(tmp_path / "ours.pt", mae)  # our own MAE format gives the same
-    again = S4DClassifier(cfg, 7, 7).eval()
-    init_classifier(again, tmp_path / "ours.pt")
-    assert torch.equal(again.blocks[0].attn.qkv.weight, mae.encoder.blocks[0].attn.qkv.weight)
+
+
+@pytest.mark.parametrize("key, value", [("pos_embed", "sincos_flat"), ("num_heads", 4), ("num_frames", 8),
+                                        ("tubelet_size", 4), ("img_size", 48), ("pool", "mean")])
+def test_loading_compares_the_stored_config(tmp_path, key, value):
+    """What a weight means without showing in its shape (the fixed position table is not in the state dict,
+    the head count splits qkv) must match: an MAE pretrained with the flat table is refused by a sincos3d
+    classifier, naming the key, instead of loading "88 tensors"."""
+    cfg = small_cfg()
+    other = dataclasses.replace(cfg, **{key: value})
+    source = S4DClassifier(other, 7, 7) if key == "pool" else MaskedAutoencoder(other)
+    save_checkpoint(tmp_path / "other.pt", source)
+    with pytest.raises(CheckpointError, match=rf"trained with {key}={value} but the model has {key}="):
+        init_classifier(S4DClassifier(cfg, 7, 7), tmp_path / "other.pt")

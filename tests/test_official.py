@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from s4d.cli import main as s4d
-from s4d.models import load_model
+from s4d.models import S4DClassifier, load_model
+from s4d.models.checkpoint import CheckpointError, init_classifier
 
-from conftest import ROOT
+from conftest import MICRO_MODEL, ROOT, run_module
 
 EPS = 1e-6  # the official LayerNorm
 
@@ -68,8 +69,8 @@ def ref_moe(h, sd, name, experts, top_k, capacity_factor):
     return out.reshape(batch, n, dim)
 
 
-def ref_forward(sd, x, arch):
-    """The official eval forward (VisionTransformer / VisionTransformerMoE with mean pooling)."""
+def ref_tokens(sd, x, arch):
+    """The official encoder: tubelet embedding, position table, pre-norm blocks (MoE where listed)."""
     tubelet, patch = sd["patch_embed.proj.weight"].shape[2], sd["patch_embed.proj.weight"].shape[3]
     dim = sd["patch_embed.proj.weight"].shape[0]
     if x.ndim == 4:  # PadIm2Video: one frame repeated to a tubelet
@@ -87,10 +88,17 @@ def ref_forward(sd, x, arch):
         if i in arch.get("moe_layers", ()):
             update = update + ref_moe(h, sd, f"{b}.moe_layer", arch["experts"], arch["top_k"], arch["capacity"])
         tokens = tokens + update
+    return tokens
+
+
+def ref_forward(sd, x, arch):
+    """The official eval forward (VisionTransformer / VisionTransformerMoE with mean pooling)."""
+    tokens = ref_tokens(sd, x, arch)
+    dim = tokens.shape[-1]
     feats = F.layer_norm(tokens.mean(dim=1), (dim,), sd["fc_norm.weight"], sd["fc_norm.bias"], EPS)
     if "head.weight" in sd:
         return ref_linear(feats, sd, "head")
-    return ref_linear(feats, sd, "head.video" if x.shape[2] > tubelet or arch.get("video") else "head.image")
+    return ref_linear(feats, sd, "head.video" if x.ndim == 5 else "head.image")
 
 
 # ---------------------------------------------------------------------------------- official files
@@ -218,7 +226,7 @@ def test_s4d_base_import_matches_the_official_forward(base_s4d, tmp_path, capsys
     with torch.no_grad():
         diffs = {}
         for name, x in (("video", video), ("images", images)):
-            ours, theirs = model(x), ref_forward(sd, x, {**arch, "video": x.ndim == 5})
+            ours, theirs = model(x), ref_forward(sd, x, arch)
             diffs[name] = (ours - theirs).abs().max().item()
             assert theirs.abs().max() > 0.5
         dropped = sum(int(layer.dropped) for layer in model.moae_layers())
@@ -243,8 +251,7 @@ def test_capacity_order_over_a_batch_of_clips(tmp_path, capsys):
     model = load_model(tmp_path / "small.pt")
     assert model.cfg.num_heads == 6 and model.cfg.moae.capacity_factor == 0.75
     x = torch.randn(3, 3, 4, 32, 32, generator=torch.Generator().manual_seed(4))
-    arch = {"tokens": 32, "depth": 2, "heads": 6, "moe_layers": (1,), "experts": 4, "top_k": 2, "capacity": 0.75,
-            "video": True}
+    arch = {"tokens": 32, "depth": 2, "heads": 6, "moe_layers": (1,), "experts": 4, "top_k": 2, "capacity": 0.75}
     with torch.no_grad():
         theirs = ref_forward(sd, x, arch)
         assert (model(x) - theirs).abs().max().item() <= 1e-4
@@ -319,3 +326,108 @@ def test_console_script_import_help_and_error():
     done = subprocess.run([*env_py, "import", "/nonexistent.pth", "/tmp/x.pt"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 2 and done.stderr.strip() == "s4d import: checkpoint /nonexistent.pth does not exist"
+
+
+# ------------------------------------------------------------------------- usable without training
+SMALL_S4D_ARGS = dict(S4D_ARGS, model="vitmoe_small_patch8_32", input_size=32, num_frames=4, moe_layers=1,
+                      num_experts=4, nb_classes=3)
+
+
+@pytest.mark.slow
+def test_imported_s4d_is_evaluated_promoted_and_served(micro_project, tmp_path):
+    """The documented commands, no training step: `s4d import` -> `python -m s4d.train.evaluate --checkpoint`
+    -> `s4d registry promote FILE` -> `bentoml serve` answers with the imported model."""
+    import requests
+
+    from serving.inference import encode_compact, full_moae_capacity
+    from serving.testing import ServiceProcess
+
+    sd = official_state_dict(dim=96, depth=2, mlp=192, patch=8, classes=3, image_classes=3, moe_layers=(1,),
+                             experts=4, bottleneck=24, seed=11)
+    src = save_official(tmp_path / "checkpoint-best.pth", sd, **SMALL_S4D_ARGS)
+    done = run_module("s4d.cli", "import", str(src), "imported.pt", "--dynamic-labels", "c0,c1,c2",
+                      "--static-labels", "c0,c1,c2", cwd=micro_project)
+    assert done.returncode == 0, done.stderr
+    done = run_module("s4d.train.evaluate", "--checkpoint", "imported.pt", cwd=micro_project)
+    assert done.returncode == 0, done.stderr
+    metrics = __import__("json").loads((micro_project / "artifacts/eval/metrics.json").read_text())
+    assert metrics["dynamic"]["n"] == 4 and metrics["static"]["n"] == 8  # the micro test splits
+
+    home = tmp_path / "bentoml"
+    done = run_module("s4d.cli", "registry", "promote", "imported.pt", cwd=micro_project,
+                      env={"BENTOML_HOME": str(home)})
+    assert done.returncode == 0, done.stderr
+    assert "saved s4d-dfer:" in done.stderr and "s4d-champion:" in done.stdout
+
+    clip = np.random.default_rng(0).integers(0, 256, (1, 4, 32, 32, 3), dtype=np.uint8)
+    model = load_model(micro_project / "imported.pt")
+    full_moae_capacity(model)  # serving gives every token its experts (serving/README.md)
+    x = torch.from_numpy(clip).permute(0, 4, 1, 2, 3).float() / 255
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1, 1)
+    with torch.no_grad():
+        expected = model((x - mean) / std).softmax(dim=-1).numpy()
+    with ServiceProcess("serving.service:S4DService", home, tmp_path / "serve.log") as service:
+        info = requests.get(f"{service.url}/model", timeout=10).json()
+        answer = requests.post(f"{service.url}/classify_clips", json={"clips": encode_compact(clip)}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert "c0" in str(info) and np.allclose(np.asarray(answer.json()), expected, atol=1e-4)
+
+
+def official_pretraining_file(path, dim=384, depth=2, dec_dim=192, dec_depth=1, patch=8, tubelet=2, seed=12):
+    """A VideoMAE-layout pretraining file: encoder.* (with its final norm), decoder.*, encoder_to_decoder,
+    mask_token; saved by utils.save_model with the pretraining args."""
+    enc = official_state_dict(dim=dim, depth=depth, mlp=4 * dim, patch=patch, tubelet=tubelet, seed=seed)
+    for key in ("fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"):
+        enc.pop(key)
+    enc |= {"norm.weight": torch.ones(dim), "norm.bias": torch.zeros(dim)}
+    dec = official_state_dict(dim=dec_dim, depth=dec_depth, mlp=4 * dec_dim, seed=seed + 1)
+    dec = {k: v for k, v in dec.items() if k.startswith("blocks.")}
+    dec |= {"norm.weight": torch.ones(dec_dim), "norm.bias": torch.zeros(dec_dim),
+            "head.weight": torch.randn(3 * tubelet * patch * patch, dec_dim) * 0.02,
+            "head.bias": torch.zeros(3 * tubelet * patch * patch)}
+    sd = {f"encoder.{k}": v for k, v in enc.items()} | {f"decoder.{k}": v for k, v in dec.items()}
+    sd |= {"encoder_to_decoder.weight": torch.randn(dec_dim, dim) * 0.02, "mask_token": torch.zeros(1, 1, dec_dim)}
+    save_official(path, sd, model="pretrain_videomae_small_patch8_32", input_size=32, num_frames=4, tubelet_size=2,
+                  decoder_depth=dec_depth, mask_ratio=0.9)
+    return enc
+
+
+# params for a classifier that fits official_pretraining_file (the tiny profile otherwise)
+FITS_PRETRAINING = ["models.tiny.embed_dim=384", "models.tiny.num_heads=6", "models.tiny.depth=2",
+                    "models.tiny.stem=linear", "models.tiny.pos_embed=sincos_flat", "models.tiny.pool=mean"]
+
+
+def test_finetune_init_goes_through_the_import(tmp_path):
+    """A published pretraining file initialises the classifier as the official fine-tuning does: the encoder
+    computes what the official encoder computes; MoAE, fc_norm and heads start fresh, the decoder is ignored.
+    A classifier with another position table is refused, naming the key."""
+    from s4d.config import load_params
+
+    enc = official_pretraining_file(tmp_path / "pretrain.pth")
+    params = load_params(ROOT / "params.yaml", [o for o in MICRO_MODEL if o.startswith("models.")] + FITS_PRETRAINING)
+    model = S4DClassifier(params.model, 3, 3).eval()
+    report = init_classifier(model, tmp_path / "pretrain.pth")
+    assert "published VideoMAE / MAE-DFER plain ViT checkpoint" in report.source
+    assert "fc_norm.weight" in report.fresh and any(".moe_layer." in k for k in report.fresh)
+    assert "decoder.mask_token" in report.ignored and "norm.weight" in report.ignored
+    x = torch.randn(2, 3, 4, 32, 32, generator=torch.Generator().manual_seed(13))
+    with torch.no_grad():
+        tokens = model.embed(x)
+        for block in model.blocks:
+            tokens = block(tokens)  # MoAE starts at zero output
+        assert torch.allclose(tokens, ref_tokens(enc, x, {"tokens": 32, "depth": 2, "heads": 6}), atol=1e-4)
+    wrong = load_params(ROOT / "params.yaml", [o for o in MICRO_MODEL if o.startswith("models.")] +
+                        FITS_PRETRAINING[:-2])  # the default sincos3d table
+    with pytest.raises(CheckpointError, match=r"trained with pos_embed=sincos_flat but the model has "
+                                              r"pos_embed=sincos3d: set models.<profile>.pos_embed: sincos_flat"):
+        init_classifier(S4DClassifier(wrong.model, 3, 3), tmp_path / "pretrain.pth")
+
+
+@pytest.mark.slow
+def test_finetune_stage_from_a_published_pretraining(micro_project):
+    official_pretraining_file(micro_project / "pretrain.pth")
+    done = run_module("s4d.train.finetune", "finetune.init=pretrain.pth", "finetune.epochs=1", *MICRO_MODEL,
+                      *FITS_PRETRAINING, cwd=micro_project)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (micro_project / "artifacts/finetune/init_report.txt").read_text()
+    assert "published VideoMAE / MAE-DFER plain ViT checkpoint pretrain.pth: loaded" in report
