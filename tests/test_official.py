@@ -274,6 +274,28 @@ def test_learned_pos_embed_is_loaded(tmp_path, capsys):
     assert diff <= 1e-4
 
 
+@pytest.mark.parametrize("layout", ["module", "bare"])
+def test_deepspeed_and_bare_layouts(layout, tmp_path, capsys):
+    """DeepSpeed's {"module": ...} with its args, and a bare state dict without any: the architecture then
+    comes from the shapes (heads from the published width) and the published DFER input (160 px, 16 frames)."""
+    sd = official_state_dict(dim=384, depth=1, mlp=1536, seed=14)
+    obj = {"module": sd, "epoch": 1, "args": argparse.Namespace(**dict(VIDEOMAE_ARGS, model="vit_small_patch16_160"))} \
+        if layout == "module" else sd
+    torch.save(obj, tmp_path / "file.pth")
+    code, out = run_import(tmp_path / "file.pth", tmp_path / "file.pt", capsys)
+    assert code == 0, out.err
+    if layout == "bare":
+        assert "num_heads: the published ViT of width 384" in out.out
+        assert "img_size: not in the file: the published DFER setting" in out.out
+    model = load_model(tmp_path / "file.pt")
+    assert (model.cfg.num_heads, model.cfg.img_size, model.cfg.num_frames) == (6, 160, 16)
+    x = torch.randn(2, 3, 16, 160, 160, generator=torch.Generator().manual_seed(15))
+    with torch.no_grad():
+        diff = (model(x) - ref_forward(sd, x, {"tokens": 800, "depth": 1, "heads": 6})).abs().max().item()
+    print(f"layout {layout}: max |logit diff| {diff:.2e}")
+    assert diff <= 1e-4
+
+
 # ------------------------------------------------------------------------------------------- refusals
 @pytest.mark.parametrize("change, expected", [
     (lambda sd, a: sd.__setitem__("blocks.0.gamma_1", torch.ones(768)), r"layer scale .*blocks\.0\.gamma_1"),
@@ -345,9 +367,7 @@ def test_imported_s4d_is_evaluated_promoted_and_served(micro_project, tmp_path):
     sd = official_state_dict(dim=96, depth=2, mlp=192, patch=8, classes=3, image_classes=3, moe_layers=(1,),
                              experts=4, bottleneck=24, seed=11)
     src = save_official(tmp_path / "checkpoint-best.pth", sd, **SMALL_S4D_ARGS)
-    done = run_module("s4d.cli", "import", str(src), "imported.pt", "--dynamic-labels", "c0,c1,c2",
-                      "--static-labels", "c0,c1,c2", cwd=micro_project)
-    assert done.returncode == 0, done.stderr
+    assert s4d(["import", str(src), "imported.pt", "--dynamic-labels", "c0,c1,c2", "--static-labels", "c0,c1,c2"]) == 0
     done = run_module("s4d.train.evaluate", "--checkpoint", "imported.pt", cwd=micro_project)
     assert done.returncode == 0, done.stderr
     metrics = __import__("json").loads((micro_project / "artifacts/eval/metrics.json").read_text())
