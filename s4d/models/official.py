@@ -180,6 +180,10 @@ def convert_vit(p: Published) -> Converted:
     else:
         frames, sources["num_frames"] = DFER_DEFAULTS["num_frames"], "not in the file: the published DFER setting"
 
+    checks = (("num_heads", heads, dim), ("img_size", patch, img_size), ("num_frames", tubelet, frames))
+    for what, value, unit in checks:
+        if unit % value:
+            raise refuse(f"{what}: {unit} is not a multiple of {value} ({sources[what]})")
     tokens = frames // tubelet * (img_size // patch) ** 2
     if "pos_embed" in enc:
         pos_embed, rows = "learned", enc["pos_embed"].shape[-2]
@@ -211,9 +215,8 @@ def convert_vit(p: Published) -> Converted:
     cfg = ModelConfig(img_size=img_size, patch_size=patch, num_frames=frames, tubelet_size=tubelet, embed_dim=dim,
                       depth=depth, num_heads=heads, mlp_ratio=mlp_ratio, drop_path=float(args.get("drop_path", 0.1)),
                       pos_embed=pos_embed, stem="linear", pool=pool, moae=moae)
-    ours, ignored = _rename_encoder(enc, refuse)
-    for key in p.other:
-        ignored[key] = "training state, not the model"
+    ours = _rename_encoder(enc, refuse)
+    ignored = {key: "training state, not the model" for key in p.other}
 
     if pretraining:
         cfg, decoder = _decoder(rest, cfg, args, refuse, sources)
@@ -270,11 +273,10 @@ def _moae_config(enc: dict, args: dict, moe_blocks: list[int], depth: int, refus
                       capacity_factor=factor, capacity="official"), sources
 
 
-def _rename_encoder(enc: dict, refuse) -> tuple[dict, dict]:
+def _rename_encoder(enc: dict, refuse) -> dict:
     """Official encoder / classifier names -> ours; any key left unknown is refused."""
     out: dict[str, torch.Tensor] = {}
     experts: dict[str, dict[int, torch.Tensor]] = {}
-    ignored: dict[str, str] = {}
     known = re.compile(r"patch_embed\.proj\.(weight|bias)|pos_embed|norm\.(weight|bias)|fc_norm\.(weight|bias)|"
                        r"blocks\.\d+\.(norm[12]\.(weight|bias)|attn\.qkv\.weight|attn\.proj\.(weight|bias)|"
                        r"mlp\.fc[12]\.(weight|bias)|moe_layer\.router\.(topkroute|noise)_linear\.(weight|bias))")
@@ -297,7 +299,7 @@ def _rename_encoder(enc: dict, refuse) -> tuple[dict, dict]:
     for key in [k for k in out if k.endswith("attn.qkv.weight")]:  # qkv_bias=False: the bias is zero
         bias = key[: -len("weight")] + "bias"
         out.setdefault(bias, torch.zeros(out[key].shape[0], dtype=out[key].dtype))
-    return out, ignored
+    return out
 
 
 def _decoder(rest: dict, cfg: ModelConfig, args: dict, refuse, sources: dict) -> tuple[ModelConfig, dict]:
@@ -312,10 +314,12 @@ def _decoder(rest: dict, cfg: ModelConfig, args: dict, refuse, sources: dict) ->
     dec_depth = len({int(m[1]) for k in dec if (m := re.match(r"blocks\.(\d+)\.", k))})
     heads = int(args["decoder_num_heads"]) if "decoder_num_heads" in args else dec_dim // 64
     sources["decoder_heads"] = "args.decoder_num_heads" if "decoder_num_heads" in args else "decoder width / 64"
+    if heads < 1 or dec_dim % heads:
+        raise refuse(f"decoder_heads: {heads} does not divide the decoder width {dec_dim}")
     expected = 3 * cfg.tubelet_size * cfg.patch_size ** 2
     if dec.get("head.weight") is None or dec["head.weight"].shape[0] != expected:
         raise refuse(f"decoder.head.weight should predict {expected} values per token")
-    renamed, _ = _rename_encoder({k: v for k, v in dec.items() if not k.startswith("head.")}, refuse)
+    renamed = _rename_encoder({k: v for k, v in dec.items() if not k.startswith("head.")}, refuse)
     out = {f"decoder.{k}": v for k, v in renamed.items()}
     out |= {"decoder.head.weight": dec["head.weight"], "decoder.head.bias": dec["head.bias"],
             "decoder.mask_token": rest["mask_token"], "encoder_to_decoder.weight": rest["encoder_to_decoder.weight"]}
