@@ -110,7 +110,7 @@ def evaluate(params: Params, checkpoint: Path = Path("artifacts/finetune/model.p
     ckpt = read_checkpoint(checkpoint)
     if ckpt["kind"] != "classifier":
         raise EvaluateError(f"{checkpoint} is a {ckpt['kind']} checkpoint; evaluation needs a fine-tuned "
-                            f"classifier (the finetune stage's model.pt)")
+                            f"classifier (the finetune stage's model.pt, or a published file after `s4d import`)")
     model = build_model(ckpt)
     trained_labels = ckpt.get("meta", {}).get("labels", {})
     device = pick_device()
