@@ -33,7 +33,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 from s4d.io import sha256_file, to_json, write_json
 from s4d.locks import file_lock
@@ -252,10 +252,10 @@ def data_version_line(dv: dict) -> str:
     return f"manifests:{dv.get('id', '-')} git:{rev} data.dvc:{md5}"
 
 
-def label_names(meta: dict, num_dynamic: int, num_static: int) -> dict[str, list[str]]:
-    """Class names from checkpoint metadata (`labels: {dynamic: [...], static: [...]}`), or class_0..
-    when absent or of the wrong length."""
-    labels = meta.get("labels") if isinstance(meta.get("labels"), dict) else {}
+def label_names(meta: Mapping[str, Any], num_dynamic: int, num_static: int) -> dict[str, list[str]]:
+    """Class names from checkpoint or model metadata (`labels: {dynamic: [...], static: [...]}`), or
+    class_0.. when absent or of the wrong length."""
+    labels = meta.get("labels") if isinstance(meta.get("labels"), Mapping) else {}
     out = {}
     for task, count in (("dynamic", num_dynamic), ("static", num_static)):
         names = labels.get(task)
