@@ -142,6 +142,18 @@ def test_the_library_never_imports_the_applications():
     assert upward == []
 
 
+def layer(module: str) -> int:
+    matches = [(len(name), i) for i, names in enumerate(LAYERS) for name in names
+               if module == name or module.startswith(name + ".")]
+    assert matches, f"{module} is in no layer: add it to LAYERS"
+    return max(matches)[1]
+
+
+def test_imports_point_down_the_layers():
+    upward = {f"{name} -> {dep}" for name, deps in import_graph().items() for dep in deps if layer(dep) > layer(name)}
+    assert upward == KNOWN_UPWARD
+
+
 @pytest.mark.slow
 def test_every_module_imports_in_any_order():
     """All modules imported in one interpreter in name order, and in another in reverse order: with no
