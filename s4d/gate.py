@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from s4d import registry
 from s4d.config import GateConfig, Params
 from s4d.io import read_json, sha256_file, write_json, write_text
 
@@ -173,8 +174,6 @@ def same_test_set(a: dict, b: dict) -> bool:
 def champion_metrics(params: Params, cfg: GateConfig, candidate_metrics: dict, candidate_sha: str,
                      out_dir: Path) -> tuple[Optional[str], Optional[dict], str, Optional[str]]:
     """(champion tag, champion's dynamic metrics or None, source, note) for the comparison."""
-    from s4d import registry
-
     champ = registry.current_champion()
     if champ is None:
         return None, None, "none", "no champion yet: floors only"

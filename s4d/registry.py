@@ -35,6 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
+from s4d.bento import BentoBuildError, build_bento
 from s4d.io import sha256_file, to_json, write_json
 from s4d.locks import file_lock
 
@@ -445,8 +446,6 @@ def _print_record(r: ModelRecord, as_json: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from s4d.bento import BentoBuildError
-
     parser = argparse.ArgumentParser(prog="python -m s4d.registry", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
@@ -491,8 +490,6 @@ def main(argv: list[str] | None = None) -> int:
         record = promote(args.tag, args.reason) if args.command == "promote" else rollback(args.reason)
         _print_record(record, args.json)
         if args.build:
-            from s4d.bento import build_bento
-
             built = build_bento(record.tag, Path(args.bentofile), Path("."))
             write_json(BENTO_RECORD, {"skipped": False, **built, "champion": record.tag,
                                       "via": f"registry {args.command}"})

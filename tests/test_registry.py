@@ -122,9 +122,13 @@ def test_cli_promote_rollback_show_list(home, tmp_path):
         assert out.returncode == 0, out.stderr
     shown = run_module("s4d.registry", "--json", "show", cwd=tmp_path, env=env)
     assert json.loads(shown.stdout)["source"] == b
-    back = run_module("s4d.registry", "rollback", cwd=tmp_path, env=env)
+    write_stub_serving(tmp_path)
+    back = run_module("s4d.registry", "rollback", "--build", cwd=tmp_path, env=env)  # and rebuild the bento
     assert back.returncode == 0, back.stderr
     assert registry.current_champion().source == a
+    built = json.loads((tmp_path / "artifacts/package/bento.json").read_text())
+    assert built["champion"] == registry.current_champion().tag and built["model_tags"] == [built["champion"]]
+    assert built["via"] == "registry rollback" and f"bento {built['bento_tag']}" in back.stdout
     listed = json.loads(run_module("s4d.registry", "--json", "list", cwd=tmp_path, env=env).stdout)
     assert listed["champion"] == registry.current_champion().tag
     assert [c["action"] for c in listed["champions"]] == ["promote", "promote", "rollback"]
