@@ -1,13 +1,14 @@
 """Shared benchmark helpers: timing, the machine's matmul peak, and a JSON record of every figure."""
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
 from pathlib import Path
 
 import torch
+
+from s4d.io import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -42,9 +43,4 @@ def machine() -> dict:
 
 def save(name: str, figures: dict) -> Path:
     """Write benchmarks/results/<name>.json atomically and return its path."""
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"machine": machine(), **figures}, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json(RESULTS / f"{name}.json", {"machine": machine(), **figures})

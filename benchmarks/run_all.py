@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from s4d.train.metrics import write_json
+from s4d.io import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -220,12 +220,6 @@ def build_summary(results_dir: Path, artifacts_dir: Path, runs: dict[str, dict] 
             "runs": runs, "figures": entries}
 
 
-def write_json_atomic(path: Path, data: dict) -> Path:
-    """The project's atomic JSON write (temp file, then rename): a reader never sees half a summary."""
-    write_json(path, data)
-    return path
-
-
 def print_table(summary: dict) -> None:
     print(f"{'issue':>5}  {'figure':<34} {'value':>10} {'unit':<9} {'target':<8} result")
     for e in summary["figures"]:
@@ -282,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
 
     RESULTS.mkdir(exist_ok=True)
     summary = build_summary(RESULTS, ARTIFACTS, runs)
-    path = write_json_atomic(RESULTS / "summary.json", summary)
+    path = write_json(RESULTS / "summary.json", summary)
     print_table(summary)
     print(f"written {shown(path)}")
     failed = [name for name, r in runs.items() if r["returncode"] != 0]

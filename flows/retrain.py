@@ -260,7 +260,6 @@ def check_inputs(dataset: str, profile: str, overrides: list[str], params_file: 
     from omegaconf import OmegaConf
 
     from s4d.config import ConfigError, load_params, to_dict
-    from s4d.gate import load_params_and_gate
 
     logger = get_run_logger()
     if dataset not in DATASETS:
@@ -276,7 +275,7 @@ def check_inputs(dataset: str, profile: str, overrides: list[str], params_file: 
     resolved_overrides = [*preset["overrides"], f"profile={profile}", f"pretrain.nproc_per_node={nproc_per_node}",
                           *overrides]
     try:
-        params, gate = load_params_and_gate(params_file, resolved_overrides)
+        params = load_params(params_file, resolved_overrides)
     except ConfigError as e:
         raise InputError(f"params: {e}") from None
     for t in ("dynamic", "static"):
@@ -295,7 +294,7 @@ def check_inputs(dataset: str, profile: str, overrides: list[str], params_file: 
     logger.info(f"dataset {dataset} ({preset['description']}), profile {profile}, "
                 f"{len(overrides)} override(s); resolved params in {RESOLVED_PARAMS}")
     return {"dataset": dataset, "profile": profile, "overrides": resolved_overrides, "user_overrides": overrides,
-            "source_params": params_file, "params_file": str(RESOLVED_PARAMS), "params": plain, "gate": asdict(gate)}
+            "source_params": params_file, "params_file": str(RESOLVED_PARAMS), "params": plain, "gate": asdict(params.gate)}
 
 
 @task(name="prepare", **TASK_OPTIONS)

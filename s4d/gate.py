@@ -16,37 +16,25 @@ compared only when they were measured on the same dataset and fold. A champion t
 Writes `<out>/decision.json` (passed, reasons, the comparison table, the candidate's checkpoint hash so
 `package` promotes exactly the gated file) and `<out>/report.md`. The stage exits 0 whether the gate passed
 or not, so `dvc repro` goes on; `package` refuses to promote on a failed decision and the champion keeps
-serving. `--strict` exits 1 on a failed gate (for CI). Broken inputs (no metrics file) exit 1.
+serving. `--strict` exits 1 on a failed gate (for CI). Broken inputs (no metrics file) exit 1, and so does
+a bad params value or override (the message names the key).
 
 `decide()` is the pure decision; `run_gate()` gathers its inputs.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from s4d.config import ConfigError, GateConfig, Params, load_params
-from s4d.registry import sha256_file
+from s4d import registry
+from s4d.config import GateConfig, Params
+from s4d.io import read_json, sha256_file, write_json, write_text
 
 GATED_METRICS = ("uar", "war")
 EPS = 1e-9  # float noise at an exact floor / tolerance boundary counts as met
-
-
-# ------------------------------------------------------------------------------------------- params
-def load_params_and_gate(path: str | Path = "params.yaml",
-                         overrides: Optional[list[str]] = None) -> tuple[Params, GateConfig]:
-    """Params and their gate section (ConfigError naming the key on a bad value)."""
-    params = load_params(path, overrides)
-    return params, params.gate
-
-
-def gate_to_dict(gate: GateConfig) -> dict:
-    return asdict(gate)
 
 
 # ----------------------------------------------------------------------------------------- decision
@@ -65,12 +53,14 @@ class Decision:
 
 
 def _num(metrics: Optional[dict], key: str) -> Optional[float]:
-    if not metrics or key not in metrics or metrics[key] is None:
+    """metrics[key] as a finite float, or None (missing, not a number, NaN, infinite)."""
+    if not metrics or metrics.get(key) is None:
         return None
     try:
-        return float(metrics[key])
+        value = float(metrics[key])
     except (TypeError, ValueError):
         return None
+    return value if math.isfinite(value) else None
 
 
 def _fmt(x: Any) -> str:
@@ -98,14 +88,14 @@ def decide(candidate: dict, champion: Optional[dict], cfg: GateConfig, *,
         cand, champ = _num(candidate, metric), _num(champion, metric)
         row = {"metric": metric, "candidate": cand, "champion": champ, "floor": floors[metric],
                "max_drop": drops[metric], "delta": None, "meets_floor": False, "no_regression": None}
-        if cand is None or not math.isfinite(cand):
+        if cand is None:
             reasons.append(f"candidate {metric.upper()} is missing or not a number ({candidate.get(metric)!r})")
             rows.append(row)
             continue
         row["meets_floor"] = cand + EPS >= floors[metric]
         if not row["meets_floor"]:
             reasons.append(f"{metric.upper()} {cand:.4f} is below the floor {floors[metric]:.4f}")
-        if champ is not None and math.isfinite(champ):
+        if champ is not None:
             row["delta"] = cand - champ
             row["no_regression"] = cand + EPS >= champ - drops[metric]
             if not row["no_regression"]:
@@ -168,11 +158,8 @@ def read_metrics(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (run the evaluate stage first)")
-    try:
-        metrics = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(metrics.get("dynamic"), dict):
+    metrics = read_json(path)
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("dynamic"), dict):
         raise ValueError(f"{path} has no `dynamic` section (not an evaluate stage metrics.json?)")
     return metrics
 
@@ -187,8 +174,6 @@ def same_test_set(a: dict, b: dict) -> bool:
 def champion_metrics(params: Params, cfg: GateConfig, candidate_metrics: dict, candidate_sha: str,
                      out_dir: Path) -> tuple[Optional[str], Optional[dict], str, Optional[str]]:
     """(champion tag, champion's dynamic metrics or None, source, note) for the comparison."""
-    from s4d import registry
-
     champ = registry.current_champion()
     if champ is None:
         return None, None, "none", "no champion yet: floors only"
@@ -234,23 +219,12 @@ def run_gate(params: Params, cfg: GateConfig, metrics_path: str | Path = "artifa
     decision = decide(metrics["dynamic"], champ, cfg, champion_tag=tag, champion_note=note, candidate_info=info,
                       champion_source=source).to_dict()
     write_json(out_dir / "decision.json", decision)
-    atomic_write(out_dir / "report.md", report_markdown(decision))
+    write_text(out_dir / "report.md", report_markdown(decision))
     return decision
 
 
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, json.dumps(obj, indent=2, default=str) + "\n")
-
-
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
-    from s4d.stage import stage_parser
+    from s4d.stage import load_stage_params, stage_parser
 
     parser = stage_parser(__doc__)
     parser.add_argument("--metrics", default="artifacts/eval/metrics.json", help="candidate metrics")
@@ -258,13 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="artifacts/gate", help="output folder (default: artifacts/gate)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when the gate fails (CI)")
     args = parser.parse_args(argv)
-    bad = [o for o in args.overrides if "=" not in o]
-    if bad:
-        sys.exit(f"error: overrides must look like key=value, got {bad}")
+    params = load_stage_params(args)
     try:
-        params, cfg = load_params_and_gate(args.params, args.overrides)
-        decision = run_gate(params, cfg, args.metrics, args.checkpoint, args.out)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+        decision = run_gate(params, params.gate, args.metrics, args.checkpoint, args.out)
+    except (FileNotFoundError, ValueError) as e:
         print(f"gate: error: {e}", file=sys.stderr)
         return 1
     print(report_markdown(decision))

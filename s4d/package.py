@@ -19,86 +19,41 @@ checkpoint), nothing is promoted again; the bento is rebuilt (the serving code m
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
 from s4d import registry
+from s4d.bento import BentoBuildError, build_bento
 from s4d.config import Params, to_dict
+from s4d.io import read_json, sha256_file, to_json, write_json
 
 DECISION = Path("artifacts/gate/decision.json")
 CHECKPOINT = Path("artifacts/finetune/model.pt")
 METRICS = Path("artifacts/eval/metrics.json")
 OUT = Path("artifacts/package")
 BENTOFILE = Path("serving/bentofile.yaml")
-BUILD_TIMEOUT_S = 1800
 
 
 class PackageError(RuntimeError):
     """The stage cannot package what the gate judged (missing or changed files, failed build)."""
 
 
-def write_bento_json(out_dir: Path, obj: dict) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "bento.json"
-    tmp = path.with_name(f".bento.json.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def bento_model_tags(bento_tag: str) -> list[str]:
-    import bentoml
-
-    info = bentoml.bentos.get(bento_tag).info
-    tags = [str(m.tag) for m in info.models]
-    for service in getattr(info, "services", []) or []:
-        tags += [str(m.tag) for m in service.models if str(m.tag) not in tags]
-    return tags
-
-
-def build_bento(champion_tag: str, bentofile: Path = BENTOFILE, build_ctx: Path = Path("."),
-                log=print) -> dict:
-    """`bentoml build` with S4D_MODEL_TAG=champion_tag; returns bento tag, model tags, build time."""
-    bentofile = Path(bentofile)
-    if not bentofile.is_file():
-        raise PackageError(f"{bentofile} does not exist: cannot build the bento")
-    env = {**os.environ, "S4D_MODEL_TAG": champion_tag, "BENTOML_DO_NOT_TRACK": "true", "DO_NOT_TRACK": "1"}
-    cmd = [sys.executable, "-m", "bentoml", "build", "-f", str(bentofile), "-o", "tag", str(build_ctx)]
-    started = time.time()
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise PackageError(f"bentoml build did not finish in {BUILD_TIMEOUT_S} s") from None
-    seconds = round(time.time() - started, 2)
-    for line in (proc.stdout + proc.stderr).splitlines():
-        if line.strip():
-            log(f"bentoml build: {line}")
-    tags = [line.split("__tag__:", 1)[1].strip() for line in proc.stdout.splitlines() if "__tag__:" in line]
-    if proc.returncode != 0 or not tags:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-        raise PackageError(f"bentoml build failed (exit {proc.returncode}):\n{tail}")
-    bento_tag = tags[-1]
-    models = bento_model_tags(bento_tag)
-    if champion_tag not in models:
-        raise PackageError(f"bento {bento_tag} does not package the champion {champion_tag} (it has {models}); "
-                           f"does {bentofile}'s service read S4D_MODEL_TAG?")
-    return {"bento_tag": bento_tag, "model_tags": models, "build_seconds": seconds,
-            "built_at": datetime.now(timezone.utc).isoformat(), "bentofile": str(bentofile)}
-
-
 def read_decision(path: Path) -> dict:
     if not path.is_file():
         raise PackageError(f"{path} does not exist: run the gate stage first")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise PackageError(f"{path} is not valid JSON: {e}") from None
+        return read_json(path)
+    except ValueError as e:
+        raise PackageError(str(e)) from None
+
+
+def _build(champion_tag: str, bentofile: Path, build_ctx: Path, log) -> dict:
+    """build_bento, its failure as this stage's error."""
+    try:
+        return build_bento(champion_tag, bentofile, build_ctx, log=log)
+    except BentoBuildError as e:
+        raise PackageError(str(e)) from None
 
 
 def package(params: Params, *, decision_path: Path = DECISION, checkpoint: Path = CHECKPOINT,
@@ -112,7 +67,7 @@ def package(params: Params, *, decision_path: Path = DECISION, checkpoint: Path 
         result = {"skipped": True, "reason": "gate failed: " + "; ".join(decision.get("reasons") or ["(no reason)"]),
                   "champion": champ.tag if champ else None, "decision": str(decision_path)}
         log(f"package skipped: {result['reason']}. The champion {result['champion'] or '(none)'} keeps serving.")
-        write_bento_json(out_dir, result)
+        write_json(out_dir / "bento.json", result)
         return result
 
     # Exactly the files the gate judged, or nothing.
@@ -120,29 +75,29 @@ def package(params: Params, *, decision_path: Path = DECISION, checkpoint: Path 
     for path, key in ((checkpoint, "sha256"), (metrics_path, "metrics_sha256")):
         if not path.is_file():
             raise PackageError(f"{path} does not exist")
-        if cand.get(key) and registry.sha256_file(path) != cand[key]:
+        if cand.get(key) and sha256_file(path) != cand[key]:
             raise PackageError(f"{path} changed after the gate judged it (sha256 differs from {decision_path}); "
                                f"re-run the gate")
     if build and not Path(bentofile).is_file():
         raise PackageError(f"{bentofile} does not exist: cannot build the bento (nothing was promoted)")
 
-    sha = registry.sha256_file(checkpoint)
+    sha = sha256_file(checkpoint)
     current = registry.current_champion()
     if current is not None and current.checkpoint_sha256 == sha:
         log(f"the candidate is already the champion {current.tag}: nothing to promote")
         result = {"skipped": False, "promoted": False, "champion": current.tag, "candidate": current.source}
         if build:
-            result.update(build_bento(current.tag, bentofile, build_ctx, log))
-        write_bento_json(out_dir, result)
+            result.update(_build(current.tag, bentofile, build_ctx, log))
+        write_json(out_dir / "bento.json", result)
         return result
 
-    metrics = json.loads(metrics_path.read_text())
+    metrics = read_json(metrics_path)
     meta = {"metrics": metrics, "params": to_dict(params), "data_version": registry.data_version(params),
             "gate": {"passed": True, "notes": decision.get("notes") or [],
                      "champion": (decision.get("champion") or {}).get("tag"),
                      "comparison": [r for r in decision.get("comparison", []) if r["metric"] in ("uar", "war")]},
             "run": run_info or {"via": "dvc package stage"}}
-    candidate_tag = registry.save_candidate(checkpoint, meta)
+    candidate_tag = registry.save_to_store(checkpoint, registry.CANDIDATE, meta)
     log(f"saved candidate {candidate_tag}")
     champion = registry.promote(candidate_tag, reason="passed the evaluation gate")
     log(f"promoted {candidate_tag} to champion {champion.tag}")
@@ -150,21 +105,19 @@ def package(params: Params, *, decision_path: Path = DECISION, checkpoint: Path 
               "previous_champion": current.tag if current else None}
     if build:
         try:
-            result.update(build_bento(champion.tag, bentofile, build_ctx, log))
+            result.update(_build(champion.tag, bentofile, build_ctx, log))
         except Exception:
             registry.undo_promotion(champion.tag)
             log(f"bento build failed: promotion of {champion.tag} undone; "
                 f"{current.tag if current else '(no champion)'} stays champion")
             raise
         log(f"built bento {result['bento_tag']} with {result['model_tags']}")
-    write_bento_json(out_dir, result)
+    write_json(out_dir / "bento.json", result)
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    from s4d.config import ConfigError
-    from s4d.gate import load_params_and_gate
-    from s4d.stage import stage_parser
+    from s4d.stage import load_stage_params, stage_parser
 
     parser = stage_parser(__doc__)
     parser.add_argument("--decision", default=str(DECISION))
@@ -174,18 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bentofile", default=str(BENTOFILE))
     parser.add_argument("--no-build", action="store_true", help="promote without building a bento")
     args = parser.parse_args(argv)
-    bad = [o for o in args.overrides if "=" not in o]
-    if bad:
-        sys.exit(f"error: overrides must look like key=value, got {bad}")
+    params = load_stage_params(args)
     try:
-        params, _ = load_params_and_gate(args.params, args.overrides)
         result = package(params, decision_path=Path(args.decision), checkpoint=Path(args.checkpoint),
                          metrics_path=Path(args.metrics), out_dir=Path(args.out), bentofile=Path(args.bentofile),
                          build=not args.no_build)
-    except (ConfigError, PackageError, registry.RegistryError) as e:
+    except (PackageError, registry.RegistryError) as e:
         print(f"package: error: {e}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=2, default=str))
+    print(to_json(result), end="")
     return 0
 
 

@@ -5,15 +5,20 @@
     python -m s4d.registry promote TAG [--build] [--reason TEXT]   # make a candidate the champion
     python -m s4d.registry rollback [--build]   # back to the champion before the current one
 
-Candidates are saved as `s4d-dfer` (by `serving.store.save_to_store`), with metadata: metrics, params, data
-version, gate decision. The champion is the model `s4d-champion`: each promotion (and each rollback) adds a
+Candidates are saved as `s4d-dfer` (`save_to_store`), with metadata: metrics, params, data version, gate
+decision. The champion is the model `s4d-champion`: each promotion (and each rollback) adds a
 new version holding a copy of the candidate's files, labelled and annotated with the candidate's metrics,
 params and data version, so `s4d-champion:latest` is always what should serve, and the store keeps the
 full history. A champion version records the champions below it (`stack_below`): rollback restores the
 top of that stack as a new version, so a second rollback goes one further back.
 
-`--build` also rebuilds the bento for the new champion (`s4d.package.build_bento`). A file lock in the store
-serialises promotions. `BENTOML_HOME` picks the store (`use_home()` switches it in-process).
+Each version holds our checkpoint file at `model.pt`; its BentoML `metadata` holds at least `metrics`,
+`params`, `data_version` (one line), `labels: {"dynamic": [...], "static": [...]}`, `model_config` and
+`checkpoint_sha256`; BentoML `labels` (strings only) repeat the short ones. The service serves
+`model_tag()`.
+
+`--build` also rebuilds the bento for the new champion (`s4d.bento.build_bento`). A file lock in the store
+serialises promotions. `BENTOML_HOME` picks the store.
 """
 from __future__ import annotations
 
@@ -28,14 +33,19 @@ import sys
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Mapping, Optional
 
+from s4d.bento import BentoBuildError, build_bento
+from s4d.io import sha256_file, to_json, write_json
 from s4d.locks import file_lock
 
 CANDIDATE = "s4d-dfer"
 CHAMPION = "s4d-champion"
+MODEL_FILE = "model.pt"  # the checkpoint inside a saved version
+DEFAULT_TAG = f"{CHAMPION}:latest"
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 BENTOML_FILES = ("model.yaml",)  # written by bentoml itself for each version: never copied
+BENTO_RECORD = Path("artifacts/package/bento.json")  # what was built last (package stage, --build)
 
 
 class RegistryError(RuntimeError):
@@ -82,37 +92,7 @@ class ModelRecord:
                 "uar": dyn.get("uar"), "war": dyn.get("war"), "data": self.data_version.get("id")}
 
 
-# ChampionInfo is what current_champion() / history() return.
-ChampionInfo = ModelRecord
-
-
 # ------------------------------------------------------------------------------------------ the store
-@contextlib.contextmanager
-def use_home(home: str | Path) -> Iterator[Path]:
-    """Point BentoML (in this process and in subprocesses started meanwhile) at the store in `home`."""
-    from bentoml._internal.bento import BentoStore
-    from bentoml._internal.configuration.containers import BentoMLContainer
-    from bentoml._internal.models import ModelStore
-
-    home = Path(home).resolve()
-    (home / "models").mkdir(parents=True, exist_ok=True)
-    (home / "bentos").mkdir(parents=True, exist_ok=True)
-    old = os.environ.get("BENTOML_HOME")
-    os.environ["BENTOML_HOME"] = str(home)
-    c = BentoMLContainer
-    try:
-        with c.bentoml_home.patch(str(home)), c.model_store_dir.patch(str(home / "models")), \
-                c.bento_store_dir.patch(str(home / "bentos")), c.tmp_bento_store_dir.patch(str(home / "tmp")), \
-                c.model_store.patch(ModelStore(str(home / "models"))), \
-                c.bento_store.patch(BentoStore(str(home / "bentos"))):
-            yield home
-    finally:
-        if old is None:
-            os.environ.pop("BENTOML_HOME", None)
-        else:
-            os.environ["BENTOML_HOME"] = old
-
-
 def _store():
     from bentoml._internal.configuration.containers import BentoMLContainer
     return BentoMLContainer.model_store.get()
@@ -188,24 +168,21 @@ def current_champion() -> Optional[ModelRecord]:
 
 # ------------------------------------------------------------------------------------------ metadata
 def clean_metadata(obj: Any) -> Any:
-    """BentoML metadata takes basic types only: drop None values, stringify what is not basic."""
+    """A copy BentoML accepts as metadata (basic types only): tuples -> lists, numpy/torch scalars ->
+    Python numbers, paths and other objects -> strings. BentoML refuses None: it is dropped from mappings
+    and written as "null" inside lists (so positions keep their meaning)."""
     if isinstance(obj, dict):
         return {str(k): clean_metadata(v) for k, v in obj.items() if v is not None}
     if isinstance(obj, (list, tuple)):
-        return [clean_metadata(v) if v is not None else "" for v in obj]
+        return ["null" if v is None else clean_metadata(v) for v in obj]
     if isinstance(obj, (str, bool, int, float)):
         return obj
-    if isinstance(obj, Path):
-        return str(obj)
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        try:
+            return obj.item()
+        except (TypeError, ValueError):
+            pass
     return str(obj)
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _git(*args: str, cwd: Path) -> Optional[str]:
@@ -276,28 +253,90 @@ def data_version_line(dv: dict) -> str:
     return f"manifests:{dv.get('id', '-')} git:{rev} data.dvc:{md5}"
 
 
-def save_candidate(checkpoint: str | Path, metadata: Optional[dict] = None) -> str:
-    """Save a fine-tuned checkpoint as a new `s4d-dfer` version through serving.store.save_to_store (the
-    serving side owns the layout and refuses a file that is not a classifier checkpoint); returns its tag.
+def label_names(meta: Mapping[str, Any], num_dynamic: int, num_static: int) -> dict[str, list[str]]:
+    """Class names from checkpoint or model metadata (`labels: {dynamic: [...], static: [...]}`), or
+    class_0.. when absent or of the wrong length."""
+    labels = meta.get("labels") if isinstance(meta.get("labels"), Mapping) else {}
+    out = {}
+    for task, count in (("dynamic", num_dynamic), ("static", num_static)):
+        names = labels.get(task)
+        out[task] = [str(n) for n in names] if isinstance(names, (list, tuple)) and len(names) == count \
+            else [f"class_{i}" for i in range(count)]
+    return out
 
-    A structured `data_version` dict in metadata is kept as `data_lineage`; `data_version` becomes its
-    one-line form (serving's contract: a string)."""
+
+def checkpoint_metadata(checkpoint: str | Path) -> dict[str, Any]:
+    """What a fine-tuned checkpoint says about itself: labels, validation metrics, params, model config.
+
+    Raises ValueError for a file that is not an s4d-ops classifier checkpoint, so nothing unusable ever
+    reaches the store."""
+    from s4d.models.checkpoint import build_model, read_checkpoint
+
+    ckpt = read_checkpoint(checkpoint)
+    if ckpt.get("kind") != "classifier":
+        raise ValueError(f"{checkpoint}: a {ckpt.get('kind')!r} checkpoint, not a fine-tuned classifier")
+    model = build_model(ckpt)  # loads strictly: a broken state dict fails here, not in the service
+    meta = ckpt.get("meta") or {}
+    return {"labels": label_names(meta, model.num_dynamic_classes, model.num_static_classes),
+            "metrics": {"val": meta.get("val") or {}, "epoch": meta.get("epoch"),
+                        "select_metric": meta.get("select_metric")},
+            "params": meta.get("params") or {},
+            "data_version": str(meta.get("data_version", "unknown")),
+            "model_config": ckpt["model_config"],
+            "num_classes": {"dynamic": model.num_dynamic_classes, "static": model.num_static_classes},
+            "checkpoint_sha256": sha256_file(checkpoint)}
+
+
+def save_to_store(checkpoint: str | Path, name: str = CANDIDATE, metadata: Optional[dict] = None) -> str:
+    """Copy a fine-tuned checkpoint into the store as a new version of `name` (a candidate unless told);
+    returns its tag. RegistryError for a file that is not a loadable classifier checkpoint.
+
+    `metadata` (test metrics, params, data version, gate decision) is merged over what the checkpoint says
+    (`checkpoint_metadata`); its `labels`, if given, must be {"dynamic": [...], "static": [...]}. A
+    structured `data_version` dict is kept as `data_lineage`; `data_version` becomes its one-line form
+    (the service's contract: a string)."""
+    import bentoml
+
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise RegistryError(f"checkpoint {checkpoint} does not exist")
-    meta = dict(metadata or {})
-    if isinstance(meta.get("data_version"), dict):
-        meta["data_lineage"] = meta["data_version"]
-        meta["data_version"] = data_version_line(meta["data_version"])
-    meta = clean_metadata({**meta, "checkpoint_sha256": sha256_file(checkpoint)})
     try:
-        from serving.store import save_to_store
-    except ImportError as e:
-        raise RegistryError(f"serving.store is not importable ({e}): cannot save a candidate") from None
-    try:
-        return str(save_to_store(str(checkpoint), name=CANDIDATE, metadata=meta))
-    except ValueError as e:  # serving refuses what is not a loadable classifier checkpoint
-        raise RegistryError(f"{checkpoint} cannot be saved as a candidate: {e}") from None
+        merged = checkpoint_metadata(checkpoint)
+    except ValueError as e:
+        raise RegistryError(f"{checkpoint} cannot be saved to the model store: {e}") from None
+    extra = dict(metadata or {})
+    if isinstance(extra.get("data_version"), dict):
+        extra["data_lineage"] = extra["data_version"]
+        extra["data_version"] = data_version_line(extra["data_version"])
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "labels":
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    merged = clean_metadata({**merged, "data_version": str(merged.get("data_version") or "unknown")})
+    labels = {"project": "s4d-ops", "data_version": merged["data_version"],
+              "stage": "champion" if name == CHAMPION else "candidate"}
+    with bentoml.models.create(name, metadata=merged, labels=labels) as ref:
+        shutil.copyfile(checkpoint, ref.path_of(MODEL_FILE))
+    return str(ref.tag)
+
+
+def model_tag(bento_yaml: str | Path | None = None) -> str:
+    """The model the service serves: $S4D_MODEL_TAG if set; inside a built bento (its `bento.yaml` given),
+    the champion version the bento was built with (not a newer `latest` that the store may hold by now);
+    else the champion's latest version."""
+    explicit = os.environ.get("S4D_MODEL_TAG")
+    if explicit:
+        return explicit
+    if bento_yaml is not None and Path(bento_yaml).is_file():
+        import yaml
+
+        info = yaml.safe_load(Path(bento_yaml).read_text()) or {}
+        tags = [str(m.get("tag", "")) for m in info.get("models") or [] if isinstance(m, dict)]
+        pinned = [t for t in tags if t.startswith(CHAMPION + ":")] or tags
+        if pinned:
+            return pinned[0]
+    return DEFAULT_TAG
 
 
 def _labels(role: str, revision: int, action: str, source: str, meta: dict) -> dict:
@@ -389,7 +428,7 @@ def undo_promotion(champion_tag: str) -> None:
 # ---------------------------------------------------------------------------------------------- CLI
 def _print_record(r: ModelRecord, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(asdict(r) | {"brief": r.brief()}, indent=2, default=str))
+        print(to_json(asdict(r) | {"brief": r.brief()}), end="")
         return
     b = r.brief()
     print(f"{r.tag}")
@@ -430,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = {"champion": champ.tag if champ else None,
                     "champions": [r.brief() for r in history()], "candidates": [r.brief() for r in candidates()]}
             if args.json:
-                print(json.dumps(rows, indent=2, default=str))
+                print(to_json(rows), end="")
                 return 0
             print(f"champion: {rows['champion'] or '(none)'}")
             print("champion history (oldest first):")
@@ -455,14 +494,12 @@ def main(argv: list[str] | None = None) -> int:
         record = promote(args.tag, args.reason) if args.command == "promote" else rollback(args.reason)
         _print_record(record, args.json)
         if args.build:
-            from s4d.package import build_bento, write_bento_json
-
-            built = build_bento(record.tag, Path(args.bentofile))
-            write_bento_json(Path("artifacts/package"), {"skipped": False, **built, "champion": record.tag,
-                                                         "via": f"registry {args.command}"})
+            built = build_bento(record.tag, Path(args.bentofile), Path("."))
+            write_json(BENTO_RECORD, {"skipped": False, **built, "champion": record.tag,
+                                      "via": f"registry {args.command}"})
             print(f"bento {built['bento_tag']}")
         return 0
-    except RegistryError as e:
+    except (RegistryError, BentoBuildError) as e:
         print(f"registry: {e}", file=sys.stderr)
         return 1
 

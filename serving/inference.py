@@ -36,6 +36,7 @@ from s4d.data.faces import FaceDetector, align_face, track_faces
 from s4d.data.loaders import MEAN, STD, clip_indices, spatial_crops
 from s4d.data.media import MAX_PIXELS, TIMEOUT_MS, MediaError, open_capture, read_image, read_media
 from s4d.models.checkpoint import build_model, read_checkpoint
+from s4d.registry import label_names
 
 logger = logging.getLogger("s4d.serving")
 
@@ -413,18 +414,6 @@ def use_bf16(setting: str, device: torch.device) -> bool:
     if setting == "off":
         return False
     return device.type == "cuda" and torch.cuda.is_bf16_supported()
-
-
-def label_names(meta: Mapping[str, Any], num_dynamic: int, num_static: int) -> dict[str, list[str]]:
-    """Class names from checkpoint/model metadata (`labels: {dynamic: [...], static: [...]}`), or
-    class_0.. when absent or of the wrong length."""
-    labels = meta.get("labels") if isinstance(meta.get("labels"), Mapping) else {}
-    out = {}
-    for task, count in (("dynamic", num_dynamic), ("static", num_static)):
-        names = labels.get(task)
-        out[task] = [str(n) for n in names] if isinstance(names, (list, tuple)) and len(names) == count \
-            else [f"class_{i}" for i in range(count)]
-    return out
 
 
 class ThreadTuner:

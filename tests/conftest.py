@@ -8,9 +8,11 @@ for key, value in {"DO_NOT_TRACK": "1", "BENTOML_DO_NOT_TRACK": "true", "DVC_NO_
     os.environ.setdefault(key, value)
 
 
+import contextlib  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Iterator  # noqa: E402
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -80,3 +82,59 @@ def run_module(module: str, *args: str, cwd: Path, env: dict | None = None, time
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+@contextlib.contextmanager
+def bentoml_home(home: str | Path) -> Iterator[Path]:
+    """Point BentoML, in this process and in the subprocesses it starts meanwhile, at a fresh store in
+    `home`. BentoML reads $BENTOML_HOME once per process, so the in-process stores are swapped too (its
+    internal containers: a test helper, never product code)."""
+    import os
+
+    from bentoml._internal.bento import BentoStore
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models import ModelStore
+
+    home = Path(home).resolve()
+    (home / "models").mkdir(parents=True, exist_ok=True)
+    (home / "bentos").mkdir(parents=True, exist_ok=True)
+    old = os.environ.get("BENTOML_HOME")
+    os.environ["BENTOML_HOME"] = str(home)
+    c = BentoMLContainer
+    try:
+        with c.bentoml_home.patch(str(home)), c.model_store_dir.patch(str(home / "models")), \
+                c.bento_store_dir.patch(str(home / "bentos")), c.tmp_bento_store_dir.patch(str(home / "tmp")), \
+                c.model_store.patch(ModelStore(str(home / "models"))), \
+                c.bento_store.patch(BentoStore(str(home / "bentos"))):
+            yield home
+    finally:
+        if old is None:
+            os.environ.pop("BENTOML_HOME", None)
+        else:
+            os.environ["BENTOML_HOME"] = old
+
+
+# The toy dataset and its S4D fine-tune, shared by test_finetune.py and test_evaluate.py (built once per
+# session). Modules using them run their tests single-threaded: pytestmark = usefixtures("one_thread").
+@pytest.fixture(scope="module")
+def one_thread():
+    import toydata
+
+    with toydata.single_thread():
+        yield
+
+
+@pytest.fixture(scope="session")
+def root(tmp_path_factory):
+    """The toy dataset folder (media + prepared manifests)."""
+    import toydata
+
+    return toydata.toy_root(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def joint(root):
+    """The S4D run (defaults: static steps + MoAE) on the toy data -> (out_dir, summary)."""
+    import toydata
+
+    return toydata.run_finetune(root, "joint")

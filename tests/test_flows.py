@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import MICRO_MODEL, ROOT
+from conftest import MICRO_MODEL, ROOT, bentoml_home
 from flows.retrain import stop_process_group
 from s4d import registry
 from test_registry import STUB_BENTOFILE, STUB_SERVICE
@@ -90,7 +90,7 @@ def project(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        with registry.use_home(root.parent / "bentoml"):
+        with bentoml_home(root.parent / "bentoml"):
             yield root
     finally:
         os.chdir(cwd)

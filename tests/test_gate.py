@@ -5,11 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, bentoml_home
 from s4d import registry
-from s4d.config import ConfigError
+from s4d.config import ConfigError, load_params
+from s4d.gate import GateConfig, comparison_table, decide, main, report_markdown
+from s4d.io import sha256_file
 from test_registry import make_checkpoint
-from s4d.gate import GateConfig, comparison_table, decide, load_params_and_gate, main, report_markdown
 
 
 def dyn(uar, war, **recall):
@@ -87,14 +88,14 @@ def test_gate_section_and_overrides_are_checked(tmp_path):
         text += "\ngate:\n  min_uar: 0.4\n  max_war_drop: 0.05\n"
     path = tmp_path / "params.yaml"
     path.write_text(text)
-    params, gate = load_params_and_gate(path, ["gate.min_war=0.5", "finetune.epochs=3"])
-    assert params.finetune.epochs == 3 and gate.min_war == 0.5
+    params = load_params(path, ["gate.min_war=0.5", "finetune.epochs=3"])
+    assert params.finetune.epochs == 3 and params.gate.min_war == 0.5
     with pytest.raises(ConfigError, match="gate.min_uarr"):
-        load_params_and_gate(path, ["gate.min_uarr=0.5"])
+        load_params(path, ["gate.min_uarr=0.5"])
     with pytest.raises(ConfigError, match=r"gate.min_uar: 1.5 is outside"):
-        load_params_and_gate(path, ["gate.min_uar=1.5"])
+        load_params(path, ["gate.min_uar=1.5"])
     with pytest.raises(ConfigError, match="finetune.epochz"):
-        load_params_and_gate(path, ["finetune.epochz=3"])
+        load_params(path, ["finetune.epochz=3"])
 
 
 # -------------------------------------------------------------------------------------------- stage
@@ -107,7 +108,7 @@ def stage_dir(tmp_path, monkeypatch):
     (tmp_path / "artifacts/finetune").mkdir(parents=True)
     write_metrics(tmp_path, 0.5, 0.6)
     make_checkpoint(tmp_path / "artifacts/finetune/model.pt", seed=0)
-    with registry.use_home(tmp_path / "bentoml"):
+    with bentoml_home(tmp_path / "bentoml"):
         yield tmp_path
 
 
@@ -124,7 +125,7 @@ def test_stage_writes_the_decision_and_exits_0_either_way(stage_dir):
     assert main(["gate.min_uar=0.3", "gate.min_war=0.3"]) == 0
     d = decision(stage_dir)
     assert d["passed"] and d["champion"] is None
-    assert d["candidate"]["sha256"] == registry.sha256_file("artifacts/finetune/model.pt")
+    assert d["candidate"]["sha256"] == sha256_file("artifacts/finetune/model.pt")
     assert (stage_dir / "artifacts/gate/report.md").read_text().startswith("# Evaluation gate: PASSED")
 
     assert main(["gate.min_uar=0.9"]) == 0  # failed gate: still exit 0, so `dvc repro` goes on
@@ -139,9 +140,26 @@ def test_stage_errors_on_missing_inputs(stage_dir, capsys):
     assert not (stage_dir / "artifacts/gate/decision.json").exists()
 
 
+def test_stage_stops_on_a_bad_override_naming_it(stage_dir):
+    with pytest.raises(SystemExit) as stop:
+        main(["gate.min_uarr=0.5"])
+    assert "gate.min_uarr" in str(stop.value.code)  # the message, printed to stderr without a traceback
+    assert not (stage_dir / "artifacts/gate/decision.json").exists()
+
+
+def test_a_nan_metric_fails_the_gate_and_the_decision_stays_valid_json(stage_dir):
+    (stage_dir / "artifacts/eval/metrics.json").write_text(
+        '{"dataset": "x", "fold": 1, "dynamic": {"uar": NaN, "war": 0.6, "per_class_recall": {}}}')
+    assert main(["gate.min_uar=0.3", "gate.min_war=0.3"]) == 0
+    text = (stage_dir / "artifacts/gate/decision.json").read_text()
+    assert "NaN" not in text  # strict JSON readers refuse NaN
+    d = json.loads(text)
+    assert not d["passed"] and d["comparison"][0]["candidate"] is None and "not a number (nan)" in d["reasons"][0]
+
+
 def promote_champion(root, uar, war, dataset="synthetic_video"):
     ckpt = make_checkpoint(root / "champion.pt", seed=7)
-    tag = registry.save_candidate(ckpt, {"metrics": {"dynamic": dyn(uar, war), "fold": 1, "dataset": dataset}})
+    tag = registry.save_to_store(ckpt, metadata={"metrics": {"dynamic": dyn(uar, war), "fold": 1, "dataset": dataset}})
     return registry.promote(tag)
 
 

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_module
+from conftest import ROOT, bentoml_home, run_module
 from s4d import registry
 from s4d.config import load_params
+from s4d.io import sha256_file
 from s4d.package import PackageError, package
 
 # A stand-in for serving/ (owned by the serving side): a service whose model comes from S4D_MODEL_TAG.
@@ -28,7 +29,7 @@ STUB_BENTOFILE = 'service: "stub_service:Stub"\ninclude: ["/stub_service.py"]\np
 
 
 def make_checkpoint(path: Path, seed: int) -> Path:
-    """A real (micro) classifier checkpoint: serving.store refuses anything else. Each seed, other weights."""
+    """A real (micro) classifier checkpoint: the store refuses anything else. Each seed, other weights."""
     import torch
 
     from s4d.config import MoAEConfig, ModelConfig
@@ -56,15 +57,16 @@ def write_stub_serving(root: Path) -> Path:
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with registry.use_home(tmp_path / "bentoml") as h:
+    with bentoml_home(tmp_path / "bentoml") as h:
         yield h
 
 
 def candidate(root: Path, name: str, uar: float) -> str:
     ckpt = make_checkpoint(root / f"{name}.pt", seed=ord(name[0]))
-    return registry.save_candidate(ckpt, {"metrics": {"dynamic": {"uar": uar, "war": uar + 0.1}, "dataset": "x"},
-                                          "params": {"profile": "tiny", "nothing": None},
-                                          "data_version": {"id": f"data-{name}", "git_rev": "abc"}})
+    meta = {"metrics": {"dynamic": {"uar": uar, "war": uar + 0.1}, "dataset": "x"},
+            "params": {"profile": "tiny", "nothing": None, "folds": [1, None]},
+            "data_version": {"id": f"data-{name}", "git_rev": "abc"}}
+    return registry.save_to_store(ckpt, metadata=meta)
 
 
 def test_promote_and_rollback_walk_the_champion_stack(home, tmp_path):
@@ -78,10 +80,11 @@ def test_promote_and_rollback_walk_the_champion_stack(home, tmp_path):
     assert ca.metrics["dynamic"]["uar"] == 0.5 and ca.data_version["id"] == "data-a"
     assert ca.labels["stage"] == "champion" and ca.labels["uar"] == "0.5000" and ca.labels["data"] == "data-a"
     assert ca.metadata["data_version"] == "manifests:data-a git:abc data.dvc:-"  # serving's contract: a string
-    assert ca.metadata["params"] == {"profile": "tiny"}  # None dropped: bentoml metadata takes basic types only
+    # bentoml metadata takes basic types only: None dropped from a mapping, "null" keeps its place in a list
+    assert ca.metadata["params"] == {"profile": "tiny", "folds": [1, "null"]}
     assert ca.metadata["labels"]["dynamic"] == ["c0", "c1", "c2"]  # serving's class names travel along
     assert Path(ca.checkpoint).read_bytes() == (tmp_path / "a.pt").read_bytes()
-    assert ca.checkpoint_sha256 == registry.sha256_file(tmp_path / "a.pt")
+    assert ca.checkpoint_sha256 == sha256_file(tmp_path / "a.pt")
     with pytest.raises(registry.RegistryError, match="is the first champion"):
         registry.rollback()
 
@@ -119,9 +122,13 @@ def test_cli_promote_rollback_show_list(home, tmp_path):
         assert out.returncode == 0, out.stderr
     shown = run_module("s4d.registry", "--json", "show", cwd=tmp_path, env=env)
     assert json.loads(shown.stdout)["source"] == b
-    back = run_module("s4d.registry", "rollback", cwd=tmp_path, env=env)
+    write_stub_serving(tmp_path)
+    back = run_module("s4d.registry", "rollback", "--build", cwd=tmp_path, env=env)  # and rebuild the bento
     assert back.returncode == 0, back.stderr
     assert registry.current_champion().source == a
+    built = json.loads((tmp_path / "artifacts/package/bento.json").read_text())
+    assert built["champion"] == registry.current_champion().tag and built["model_tags"] == [built["champion"]]
+    assert built["via"] == "registry rollback" and f"bento {built['bento_tag']}" in back.stdout
     listed = json.loads(run_module("s4d.registry", "--json", "list", cwd=tmp_path, env=env).stdout)
     assert listed["champion"] == registry.current_champion().tag
     assert [c["action"] for c in listed["champions"]] == ["promote", "promote", "rollback"]
@@ -165,8 +172,8 @@ def gated(home, tmp_path):
 def write_decision(root: Path, passed: bool):
     d = {"passed": passed, "reasons": [] if passed else ["UAR 0.1 is below the floor 0.25"], "notes": [],
          "comparison": [], "champion": None,
-         "candidate": {"sha256": registry.sha256_file(root / "artifacts/finetune/model.pt"),
-                       "metrics_sha256": registry.sha256_file(root / "artifacts/eval/metrics.json")}}
+         "candidate": {"sha256": sha256_file(root / "artifacts/finetune/model.pt"),
+                       "metrics_sha256": sha256_file(root / "artifacts/eval/metrics.json")}}
     (root / "artifacts/gate/decision.json").write_text(json.dumps(d))
 
 

@@ -598,11 +598,11 @@ def test_bento_carries_the_model_and_serves(store, tmp_path):
     model travels inside the bento and the packaged code answers (no docker involved)."""
     import subprocess
 
-    from serving.store import build_bento
+    from s4d.bento import build_bento
 
     env = env_for(store["home"])
     env.pop("S4D_MODEL_TAG", None)
-    bento = build_bento(env={k: env[k] for k in ("BENTOML_HOME", "PYTHONPATH")})
+    bento = build_bento(env={k: env[k] for k in ("BENTOML_HOME", "PYTHONPATH")})["bento_tag"]
     assert bento.startswith("s4d_dfer:")
     archive = tmp_path / "s4d.bento"
     run = lambda *args, home: subprocess.run([*bentoml_cli(), *args], env=env_for(home), capture_output=True,

@@ -1,0 +1,102 @@
+"""File and network helpers every module shares: atomic writes, JSON, file hashes, a free local port.
+
+A write goes to a temp file beside the target (same folder, so the rename stays on one file system) and
+is renamed over it: a reader, or a run that died half-way, never sees half a file. Temp names are
+`.<name>.<random>.tmp`, unique per call, so two writers (processes or threads) never share one.
+
+Imports nothing of s4d: every layer may use it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """A temp path beside `path` for any writer (torch.save, savefig, to_csv); renamed over `path` when
+    the block ends without an exception, removed otherwise. The temp file keeps the target's suffix, for
+    writers that pick the format from it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def _jsonable(obj: Any) -> Any:
+    """numpy / torch scalars and arrays as Python numbers and lists, paths as strings; anything else is
+    an error (better than writing its repr)."""
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars, torch tensors
+        return obj.tolist()
+    if hasattr(obj, "isoformat"):  # datetime, date
+        return obj.isoformat()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def to_json(obj: Any) -> str:
+    """The project's JSON text: indented, NaN/inf refused (not valid JSON), ends with a newline."""
+    return json.dumps(obj, indent=2, allow_nan=False, default=_jsonable) + "\n"
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return write_text(path, to_json(obj))
+
+
+def read_json(path: str | Path) -> Any:
+    """Parsed JSON; FileNotFoundError or ValueError naming the file otherwise."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+
+
+def save_torch(obj: Any, path: str | Path) -> Path:
+    import torch  # here, so that modules that never save tensors do not pay for importing torch
+
+    with atomic_output(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
