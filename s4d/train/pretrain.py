@@ -18,6 +18,8 @@ import json
 import math
 import os
 import random
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -39,6 +41,8 @@ from s4d.train.checkpoints import (OutOfSpace, ResumeRefused, claim, move_aside,
                                    remove_all_own, remove_own, run_settings, settings_diff, write_failure)
 from s4d.train.distributed import Dist, free_port, init_distributed, shutdown, use_bf16
 
+# Tests set it to kill the process (SIGKILL) right after the checkpoint of that step.
+KILL_AFTER_CHECKPOINT = int(os.environ.get("S4D_TEST_KILL_AFTER_CHECKPOINT", "0") or 0)
 PRETRAIN_AUGMENT = Augment(scale=(0.5, 1.0), flip=True, rand_augment=False, erase_prob=0.0)
 
 
@@ -172,6 +176,8 @@ def restore_training_state(engine, ckpt_dir: Path, dist: Dist, settings: dict, f
     if action != "resume":
         if dist.is_main and ckpt_dir.is_dir():
             if action == "aside" and (aside := move_aside(ckpt_dir)):
+                if (log := ckpt_dir.parent / "log.csv").is_file():
+                    shutil.copy2(log, aside / "log.csv")  # its loss curve goes with it
                 print(f"started fresh: the unfinished run was moved to {aside}")
             elif removed := remove_all_own(ckpt_dir):
                 print(f"starting a new run: removed {len(removed)} checkpoint entries of a finished or "
@@ -287,6 +293,8 @@ def pretrain(params: Params, out_dir: Path = Path("artifacts/pretrain"), fresh: 
             if step % cfg.checkpoint_every == 0 or step == total_steps:
                 save_training_state(engine, ckpt_dir, {"step": step, "total_steps": total_steps,
                                                        "fingerprint": fingerprint}, dist, cfg.keep_last, settings)
+                if step == KILL_AFTER_CHECKPOINT:  # test hook: a kill at a known point, not a race
+                    os.kill(os.getpid(), signal.SIGKILL)
     progress.close()
 
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
@@ -390,10 +398,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pretrain(params, fresh=args.fresh)
     except ResumeRefused as e:  # the user decides: resume with the old settings or start fresh
-        print(f"pretrain refused: {e}", file=sys.stderr)
+        tqdm.write(f"pretrain refused: {e}", file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError, OutOfSpace) as e:  # missing/empty data, full disk: say so
-        print(f"pretrain failed: {e}", file=sys.stderr)
+        tqdm.write(f"pretrain failed: {e}", file=sys.stderr)
         return 1
     finally:
         shutdown()
