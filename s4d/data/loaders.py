@@ -88,7 +88,8 @@ class _FramesDataset(Dataset):
         if escaping:
             more = f" (and {len(escaping) - 3} more)" if len(escaping) > 3 else ""
             raise InputError(f"refusing to load {len(escaping)} manifest row(s) outside the dataset root {root}: "
-                             f"{'; '.join(escaping[:3])}{more}")
+                             f"{'; '.join(escaping[:3])}{more} (paths stay inside the project folder: link a "
+                             f"dataset kept elsewhere into it, e.g. data/DFEW -> /datasets/DFEW)")
         self.rows = manifest.reset_index(drop=True)
         self.root, self.size, self.augment, self.crops, self.seed = Path(root), size, augment, crops, seed
         self.epoch = 0

@@ -135,10 +135,9 @@ def frame_problem(path: Path) -> tuple[str | None, tuple[int, int] | None]:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with open(path, "rb") as f, Image.open(f) as im:
             size, fmt = im.size, im.format
-        with open(path, "rb") as f:
-            f.seek(max(path.stat().st_size - TAIL_BYTES, 0))
+            f.seek(max(os.fstat(f.fileno()).st_size - TAIL_BYTES, 0))
             tail = f.read()
     except (UnidentifiedImageError, OSError, ValueError) as e:
         reason = "empty file" if path.is_file() and path.stat().st_size == 0 else str(e).split(":")[0]
