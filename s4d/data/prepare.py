@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -71,7 +72,9 @@ def prepare(params: Params) -> dict:
     failure leaves every file of the previous prepare as it was."""
     out = Path(params.data.prepared_dir)
     results = {task: prepare_task(task, getattr(params.data, task), params) for task in TASKS}
-    staging = out / f".staging-{os.getpid()}"
+    staging = out / ".staging"
+    if staging.is_dir() and not staging.is_symlink():
+        shutil.rmtree(staging)  # a killed prepare's leftovers (the name is ours)
     written = []
     try:
         summary = {}

@@ -10,6 +10,9 @@ Checks on each manifest (fatal unless marked):
     frames_decode    every frame of a clip (and every image) has a readable header and, for JPEG / PNG, its
                      end marker (a zero-byte, corrupt or truncated file fails), and a clip's frames share one
                      size. Headers only (PIL lazy open + the file's last bytes), in threads (data.workers).
+                     Measured on a 120-clip render of the embedded set (1920 frames of 96 px + 400 stills) on
+                     the shared 2-core machine: 175-215 us a frame (0.34-0.41 s for the clips), where decoding
+                     every frame with cv2.imread took 610 us a frame (1.17 s).
     groups_disjoint  no group (identity) in two splits
     image_height     height >= min_size
     image_width      width >= min_size

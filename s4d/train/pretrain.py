@@ -121,7 +121,6 @@ def save_training_state(engine, ckpt_dir: Path, state: dict, dist: Dist, keep_la
         if dist.is_main:
             write_json(ckpt_dir / tag / "run.json", {"step": state["step"], "total_steps": state["total_steps"],
                                                      "settings": settings or {}})
-            (ckpt_dir / tag / "fingerprint").write_text(state["fingerprint"])
     except (OSError, RuntimeError) as e:
         reason = write_failure(e, ckpt_dir)
         if reason is None:
@@ -155,12 +154,12 @@ def resume_plan(ckpt_dir: Path, settings: dict, fresh: bool) -> tuple[str, str |
     tag = latest.read_text().strip()
     try:
         saved = json.loads((ckpt_dir / tag / "run.json").read_text())
-    except (OSError, ValueError):
-        saved = {"settings": {"checkpoint_format": "older, without run.json"}}
+        diff = settings_diff(saved["settings"], settings)
+    except (OSError, ValueError, KeyError):
+        saved, diff = {}, [f"{tag}/run.json: missing or unreadable, so its settings are unknown"]
     finished = saved.get("step") is not None and saved.get("step") == saved.get("total_steps")
     if fresh:
         return ("clean" if finished else "aside"), None
-    diff = settings_diff(saved.get("settings", {}), settings)
     if not diff:
         return "resume", tag
     if finished:
