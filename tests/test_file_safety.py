@@ -270,3 +270,25 @@ def test_bad_manifest_in_every_stage(micro_project, module, damage):
     done = run_module(module, *MICRO_MODEL, "pretrain.epochs=1", "finetune.epochs=1", cwd=micro_project, env=ENV)
     assert done.returncode == 1, (done.returncode, done.stderr[-3000:])
     error_line(done, *needles)
+
+
+# --------------------------------------------------------------------------------------------- generator
+def test_generator_takes_overrides_like_every_stage(tmp_path, monkeypatch, capsys):
+    import json
+
+    from s4d.data.synthetic.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    small = ["synthetic.video_identities=5", "synthetic.clips_per_identity=1", "synthetic.num_frames=4",
+             "synthetic.image_identity_ratio=1", "synthetic.images_per_identity=1", "synthetic.seed=3"]
+    assert main(["--root", "syn", "--workers", "1", "--no-progress", *small]) == 0
+    config = json.loads((tmp_path / "syn/meta.json").read_text())["config"]
+    assert (config["seed"], config["video_identities"], config["num_frames"]) == (3, 5, 4)
+    assert len(list((tmp_path / "syn/videos/frames").iterdir())) == 5
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--root", "syn2", "synthetic.video_identitie=5"])
+    assert exit_info.value.code == 2
+    assert "synthetic.video_identitie" in capsys.readouterr().err
+    assert not (tmp_path / "syn2").exists()
