@@ -347,8 +347,8 @@ def pretrain_job(params_file: str, nproc_per_node: int, reuse: bool = True, host
                 "model_sha256": stamp["model_sha256"]}
 
     STAMP.unlink(missing_ok=True)  # from here on, model.pt is not known to match anything
-    # A killed job resumes from its checkpoints; the job itself starts over when they belong to other
-    # params or data (s4d.train.pretrain.run_fingerprint).
+    # A killed job resumes from its checkpoints; a finished run's checkpoints are replaced, an unfinished
+    # run made with other params or data is refused (exit 2, s4d.train.pretrain.resume_plan).
 
     cmd = launch_command(params_file, nproc_per_node, hostfile)
     logger.info(f"launching: {' '.join(cmd)}")

@@ -11,13 +11,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from s4d.data.synthetic.config import SyntheticConfig
 
 
-class ConfigError(ValueError):
+class InputError(ValueError):
+    """A file the user gave (params, split lists, manifests) that cannot be read: the message names it."""
+
+
+class ConfigError(InputError):
     """A params file or override that does not fit the schema."""
 
 
@@ -234,16 +238,71 @@ def check_consistency(p: Params) -> None:
             raise ConfigError(f"{key}.moae.top_k: {m.moae.top_k} exceeds experts {m.moae.experts}")
 
 
+def read_text(path: str | Path) -> str:
+    """A user's text file (params, split lists) as str; InputError naming the file, line and byte for
+    bytes that are not UTF-8, or when it does not exist."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path} does not exist") from None
+    except IsADirectoryError:
+        raise InputError(f"{path} is a folder, expected a text file") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise InputError(f"{path}:{line}:{column}: byte 0x{data[e.start]:02x} is not UTF-8 text "
+                         f"(save the file as UTF-8)") from None
+
+
+def _yaml_error(e: Exception, source: str) -> str:
+    """A YAML parse error as `source:line:column: problem` (PyYAML marks are 0-based)."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    problem = getattr(e, "problem", None) or str(e).split("\n")[0]
+    where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+    if "\t" in problem or "'\\t'" in problem:
+        problem += " (YAML indents with spaces, not tabs)"
+    return f"{where}: YAML syntax error: {problem}"
+
+
 def load_params(path: str | Path = "params.yaml", overrides: Optional[List[str]] = None) -> Params:
     """Load params.yaml (and dotlist overrides such as `finetune.epochs=3`) into a checked `Params`."""
+    import yaml
+
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"params file {path} does not exist")
+    try:
+        text = read_text(path)
+    except InputError as e:
+        raise ConfigError(str(e)) from None
+    try:
+        loaded = OmegaConf.create(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(_yaml_error(e, str(path))) from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{path}: {_describe(e)}") from None
+    if not isinstance(loaded, DictConfig) or not loaded:
+        # built-in defaults without a word would hide a truncated or wrongly named file
+        what = "is empty" if not text.strip() or not loaded else "does not hold `key: value` lines at the top"
+        raise ConfigError(f"{path} {what}; expected the params (`python -m s4d.config > {path}` writes "
+                          f"the defaults)")
+    dotlist = []
+    for override in overrides or []:
+        try:
+            dotlist.append(OmegaConf.from_dotlist([override]))
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"override {override!r}: the value is not valid YAML ({problem})") from None
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"override {override!r}: {_describe(e)}") from None
     schema = OmegaConf.structured(Params)
     try:
         # A profile in YAML merges onto the built-in one of the same name; a new name starts from
         # ModelConfig's defaults. Either way it goes through the ModelConfig schema.
-        cfg = OmegaConf.merge(schema, OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides or [])))
+        cfg = OmegaConf.merge(schema, loaded, *dotlist)
         params: Params = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:
         raise ConfigError(f"{path}: {_describe(e)}") from None

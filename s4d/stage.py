@@ -16,12 +16,18 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def user_error(message: str) -> None:
+    """A user mistake: one line on stderr naming the bad input, exit status 2, no traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def load_stage_params(args: argparse.Namespace) -> Params:
-    """Load params or exit(2) with the error naming the bad key (no traceback for a user mistake)."""
+    """Load params or exit(2) with the error naming the file, line or key (no traceback for a user mistake)."""
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
-        sys.exit(f"error: overrides must look like key=value, got {bad}")
+        user_error(f"overrides must look like key=value, got {bad}")
     try:
         return load_params(args.params, args.overrides)
     except ConfigError as e:
-        sys.exit(f"error: {e}")
+        user_error(str(e))

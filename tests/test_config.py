@@ -43,7 +43,7 @@ def test_overrides_apply(tmp_path):
     ("finetune:\n  select_metric: loss\n", [], r"finetune\.select_metric: 'loss' is not one of uar, war"),
     ("profile: huge\n", [], r"profile: 'huge' is not a key of models"),
     ("models:\n  tiny:\n    img_size: 60\n", [], r"models\.tiny\.img_size: 60 is not a multiple of patch_size 8"),
-    ("", ["finetune.nope=1"], r"finetune\.nope"),
+    ("profile: tiny\n", ["finetune.nope=1"], r"finetune\.nope"),
 ])
 def test_bad_params_name_the_key(tmp_path, text, overrides, message):
     path = write(tmp_path, text)

@@ -162,4 +162,64 @@ def test_stage_exit_codes(micro_project, capsys):
 
     with pytest.raises(SystemExit) as exit_info:
         main(["validate.min_sise=8"])
-    assert "validate.min_sise" in str(exit_info.value.code)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "validate.min_sise" in err and len(err.strip().splitlines()) == 1
+
+
+def damaged_clips(base: Path) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Six 8-frame clips with their own frame files (not hard links), five of them damaged in one frame;
+    returns the manifest and, per damaged clip id, the text its frames_decode failure must show."""
+    classes = LABEL_SETS["dfew7"]
+    damage = {"corrupt5": ("00005.jpg", "does not decode"), "empty3": ("00003.jpg", "does not decode (empty file)"),
+              "truncated8": ("00008.jpg", "truncated"), "png_truncated": ("00002.png", "truncated"),
+              "mixed": ("00006.jpg", "frames differ in size")}
+    rows = []
+    for i, clip in enumerate(["clean", *damage]):
+        folder = base / "frames" / clip
+        folder.mkdir(parents=True)
+        suffix = "png" if clip.startswith("png") else "jpg"
+        for f in range(1, 9):
+            size = (40, 48) if clip == "mixed" and f == 6 else (48, 40)
+            Image.effect_noise(size, 40).convert("RGB").save(folder / f"{f:05d}.{suffix}")
+        if clip in damage:
+            path = folder / damage[clip][0]
+            data = path.read_bytes()
+            if clip.startswith("corrupt"):
+                path.write_bytes(bytes(range(256)) * 4)  # a frame overwritten by something else
+            elif clip.startswith("empty"):
+                path.write_bytes(b"")
+            elif "truncated" in clip:
+                path.write_bytes(data[: len(data) // 2])  # a copy cut off half way
+        rows.append(dict(id=clip, path=f"frames/{clip}", label=i % 7, label_name=classes[i % 7], label_set="dfew7",
+                         modality="video", split="train", fold=1, num_frames=8, height=40, width=48,
+                         source="test", group=""))
+    return make_manifest(rows), {clip: f"{name}: {text}" if clip != "mixed" else text
+                                 for clip, (name, text) in damage.items()}
+
+
+def test_every_frame_is_checked(tmp_path):
+    """A zero-byte, corrupt or truncated frame anywhere in a clip, or a frame of another size, fails
+    frames_decode naming the clip and the frame; the clean clip passes."""
+    manifest, expected = damaged_clips(tmp_path / "data")
+    report = validate_manifests({"dynamic": manifest}, {"dynamic": tmp_path / "data"}, tmp_path / "out",
+                                CLIP_LENGTH, min_class_share=0, max_class_share=1, data_docs=False, workers=2)
+    result = next(r for r in report.results if r.check == "frames_decode")
+    assert not report.success and not result.success
+    assert failed_checks(report, "dynamic") == {"frames_decode"}
+    assert result.unexpected_count == len(expected)
+    shown = dict(e.split(": ", 1) for e in result.examples)
+    assert set(shown) == set(expected)  # "clean" is not among them
+    for clip, text in expected.items():
+        assert text in shown[clip], (clip, shown[clip])
+    assert "48x40 (00001.jpg), 40x48 (00006.jpg)" in shown["mixed"]
+    assert "FAIL frames_decode" in report.summary()
+
+
+def test_loader_names_the_clip_with_mixed_frame_sizes(tmp_path):
+    from s4d.data.loaders import ClipDataset
+
+    manifest, _ = damaged_clips(tmp_path)
+    mixed = manifest[manifest["id"] == "mixed"]
+    with pytest.raises(OSError, match=r"clip .*frames/mixed: frames differ in size \(40x48, 48x40\)"):
+        ClipDataset(mixed, tmp_path, 32, 8, 1)[0]

@@ -19,6 +19,9 @@ import torchvision.transforms.v2 as T
 from timm.data.random_erasing import RandomErasing
 from torch.utils.data import Dataset, WeightedRandomSampler
 
+from s4d.config import InputError
+from s4d.data.manifest import outside_root
+
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -80,6 +83,13 @@ class _FramesDataset(Dataset):
                  crops: int = 1, seed: int = 0):
         if manifest.empty:
             raise ValueError("the manifest holds no rows for this dataset/split")
+        # Checked here as well as by validate: a manifest edited after validation must not open /etc/passwd.
+        escaping = [f"{id}: {why}" for id, why in zip(manifest["id"], map(outside_root, manifest["path"])) if why]
+        if escaping:
+            more = f" (and {len(escaping) - 3} more)" if len(escaping) > 3 else ""
+            raise InputError(f"refusing to load {len(escaping)} manifest row(s) outside the dataset root {root}: "
+                             f"{'; '.join(escaping[:3])}{more} (paths stay inside the project folder: link a "
+                             f"dataset kept elsewhere into it, e.g. data/DFEW -> /datasets/DFEW)")
         self.rows = manifest.reset_index(drop=True)
         self.root, self.size, self.augment, self.crops, self.seed = Path(root), size, augment, crops, seed
         self.epoch = 0
@@ -139,7 +149,12 @@ class ClipDataset(_FramesDataset):
         views = []
         for start in clip_starts(len(names), self.num_frames, self.stride, self.clips, rng):
             idx = clip_indices(len(names), self.num_frames, self.stride, start)
-            frames = np.stack([read_rgb(folder / names[i]) for i in idx])
+            frames = [read_rgb(folder / names[i]) for i in idx]
+            if len({f.shape for f in frames}) > 1:
+                sizes = sorted({f"{f.shape[1]}x{f.shape[0]}" for f in frames})
+                raise OSError(f"clip {folder}: frames differ in size ({', '.join(sizes)}); every frame of a clip "
+                              f"must share one size (s4d validate checks this)")
+            frames = np.stack(frames)
             views += self.finish(torch.from_numpy(frames).permute(0, 3, 1, 2), index)
         x = views[0] if self.augment is not None else torch.stack(views)
         return x, int(row["label"])

@@ -16,9 +16,11 @@ Columns (see `COLUMNS`):
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import pandas as pd
+
+from s4d.config import InputError
 
 COLUMNS = ["id", "path", "label", "label_name", "label_set", "modality", "split", "fold", "num_frames",
            "height", "width", "source", "group"]
@@ -65,8 +67,27 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"manifest {path} does not exist")
     dtypes = {c: str for c in STR_COLUMNS} | {c: "int64" for c in INT_COLUMNS}
-    df = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_filter=False)
     try:
-        return conform(df)
+        df = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_filter=False, encoding="utf-8")
+    except pd.errors.EmptyDataError:
+        raise InputError(f"manifest {path} is an empty file (0 bytes); run the prepare stage again") from None
+    except (UnicodeDecodeError, pd.errors.ParserError) as e:
+        raise InputError(f"manifest {path} is not a readable CSV ({str(e).splitlines()[0]})") from None
+    except ValueError as e:  # a non-integer label, frame count or size
+        raise InputError(f"manifest {path}: {e}") from None
+    try:
+        df = conform(df)
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise InputError(f"{path}: {e}") from None
+    if df.empty:
+        raise InputError(f"manifest {path} holds no rows (only a header); run the prepare stage again")
+    return df
+
+
+def outside_root(path: str) -> str | None:
+    """Why a manifest path may not be opened, or None: paths are relative to the dataset root and stay
+    inside it (an absolute path or a `..` part could reach any file of the machine)."""
+    parts = PurePath(path).parts
+    if not parts or PurePath(path).is_absolute() or ".." in parts or parts[0].endswith(":"):
+        return f"path {path!r} escapes the dataset root"
+    return None

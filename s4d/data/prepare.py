@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -46,6 +47,8 @@ def crop_faces(manifest: pd.DataFrame, dataset_root: Path, out_root: Path, param
 def prepare_task(task: str, dataset: DatasetConfig, params: Params) -> tuple[pd.DataFrame, dict]:
     root = Path(dataset.root)
     manifest = read_dataset(dataset.reader, root, dataset.fold)
+    if manifest.empty:
+        raise ValueError(f"data.{task}: reader {dataset.reader} found no samples under {root}")
     info: dict = {"reader": dataset.reader, "root": str(root), "fold": dataset.fold}
     raw = manifest["path"].map(is_raw_video)
     if raw.any():
@@ -53,7 +56,7 @@ def prepare_task(task: str, dataset: DatasetConfig, params: Params) -> tuple[pd.
         cropped, report = crop_faces(manifest[raw], root, faces_dir, params)
         info["faces"] = {"written": report["written"], "skipped": report["skipped_count"],
                          "report": str(faces_dir.parent / f"faces_{task}.json")}
-        write_json(faces_dir.parent / f"faces_{task}.json", report)
+        info["faces_report"] = report  # written with the manifests, all or nothing
         done = manifest[~raw].assign(path=[str(root / p) for p in manifest.loc[~raw, "path"]])
         manifest = pd.concat([done, cropped], ignore_index=True)
     else:
@@ -65,23 +68,42 @@ def prepare_task(task: str, dataset: DatasetConfig, params: Params) -> tuple[pd.
 
 
 def prepare(params: Params) -> dict:
+    """Both manifests, the faces reports and summary.json, swapped in only when both tasks succeeded: a
+    failure leaves every file of the previous prepare as it was."""
     out = Path(params.data.prepared_dir)
-    summary = {}
-    for task in TASKS:
-        manifest, info = prepare_task(task, getattr(params.data, task), params)
-        write_manifest(manifest, out / f"{task}.csv")
-        summary[task] = info
+    results = {task: prepare_task(task, getattr(params.data, task), params) for task in TASKS}
+    staging = out / ".staging"
+    if staging.is_dir() and not staging.is_symlink():
+        shutil.rmtree(staging)  # a killed prepare's leftovers (the name is ours)
+    written = []
+    try:
+        summary = {}
+        for task, (manifest, info) in results.items():
+            written.append(write_manifest(manifest, staging / f"{task}.csv"))
+            if "faces_report" in info:
+                name = Path(info["faces"]["report"]).name
+                written.append(write_json(staging / name, info.pop("faces_report")))
+            summary[task] = info
+        written.append(write_json(staging / "summary.json", summary))
+        for path in written:  # renames in one folder: nothing left to fail between them
+            os.replace(path, out / path.name)
+    finally:
+        for path in written:
+            path.unlink(missing_ok=True)
+        if staging.exists():
+            staging.rmdir()
+    for task, (manifest, info) in results.items():
         sizes = ", ".join(f"{split} {sum(c.values())}" for split, c in info["counts"].items())
         print(f"{task}: {len(manifest)} {manifest['modality'].iloc[0]}s from {info['reader']} ({sizes})")
-    write_json(out / "summary.json", summary)
     return summary
 
 
-def write_json(path: Path, obj: dict) -> None:
+def write_json(path: Path, obj: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
     os.replace(tmp, path)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import logging
 import os
 from pathlib import Path, PurePosixPath
@@ -25,6 +26,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from s4d.config import InputError, read_text
 from s4d.data.labels import LABEL_SETS, adhoc_key, classes_of
 from s4d.data.manifest import SPLITS, make_manifest
 
@@ -80,16 +82,18 @@ def _read_table(path: Path, columns: tuple[str, ...], problems: Problems) -> lis
     if not path.is_file():
         problems.add(f"missing split file: expected {path}")
         return []
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in reader.fieldnames or []]
-        missing = [c for c in columns if c not in header]
-        if missing:
-            problems.add(f"{path}: header {header} lacks column(s) {missing}")
-            return []
-        reader.fieldnames = header
-        # short rows give None for the missing fields: make them "" so the checks below report them
-        return [(reader.line_num, {k: v or "" for k, v in row.items() if k is not None}) for row in reader]
+    text = _text(path, problems)
+    if text is None:
+        return []
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = [h.strip() for h in reader.fieldnames or []]
+    missing = [c for c in columns if c not in header]
+    if missing:
+        problems.add(f"{path}: header {header} lacks column(s) {missing}")
+        return []
+    reader.fieldnames = header
+    # short rows give None for the missing fields: make them "" so the checks below report them
+    return [(reader.line_num, {k: v or "" for k, v in row.items() if k is not None}) for row in reader]
 
 
 def _read_lines(path: Path, problems: Problems) -> list[tuple[int, list[str]]]:
@@ -97,17 +101,30 @@ def _read_lines(path: Path, problems: Problems) -> list[tuple[int, list[str]]]:
     if not path.is_file():
         problems.add(f"missing split file: expected {path}")
         return []
+    text = _text(path, problems)
     out = []
-    with open(path, encoding="utf-8-sig") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            fields = line.rstrip("\n").rsplit(maxsplit=1)  # image paths may hold spaces, labels do not
-            if len(fields) != 2:
-                problems.add(f"{path}:{number}: expected '<image path> <label>', got {line.strip()!r}")
-                continue
-            out.append((number, fields))
+    for number, line in enumerate((text or "").splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.rsplit(maxsplit=1)  # image paths may hold spaces, labels do not
+        if len(fields) != 2:
+            problems.add(f"{path}:{number}: expected '<image path> <label>', got {line.strip()!r}")
+            continue
+        out.append((number, fields))
     return out
+
+
+def _text(path: Path, problems: Problems) -> str | None:
+    """A split / label file as text; an undecodable or empty file is a problem naming file and line."""
+    try:
+        text = read_text(path)
+    except InputError as e:
+        problems.add(str(e))
+        return None
+    if not text.strip():
+        problems.add(f"{path} is empty")
+        return None
+    return text
 
 
 def _label(value: str, label_set: str, base: int, where: str, problems: Problems) -> int | None:

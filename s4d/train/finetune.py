@@ -37,11 +37,12 @@ from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from s4d.config import FinetuneConfig, Params, to_dict
+from s4d.config import FinetuneConfig, InputError, Params, to_dict
 from s4d.data.loaders import Augment, ClipDataset, ImageDataset, balanced_sampler
 from s4d.data.manifest import read_manifest
 from s4d.models.checkpoint import CheckpointError, init_classifier, save_checkpoint
 from s4d.models.classifier import S4DClassifier
+from s4d.train.checkpoints import commit_outputs, staging_dir
 from s4d.train.distributed import use_bf16
 from s4d.train.metrics import (class_names, classification_metrics, save_figure, write_csv, write_json,
                                atomic_write_text)
@@ -290,10 +291,8 @@ def finetune(params: Params, out_dir: Path = Path("artifacts/finetune")) -> dict
     `out_dir/summary.json`."""
     started = time.time()
     ft, cfg, data = params.finetune, params.model, params.data
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in OUTPUTS:  # a failed run must never leave a previous run's files beside its own
-        (out_dir / name).unlink(missing_ok=True)
+    final_dir = Path(out_dir)
+    out_dir = staging_dir(final_dir)  # the previous run's outputs stay whole until this run has finished
 
     random.seed(ft.seed)
     np.random.seed(ft.seed)  # timm Mixup draws lambda and boxes from numpy's global generator
@@ -476,6 +475,7 @@ def finetune(params: Params, out_dir: Path = Path("artifacts/finetune")) -> dict
         "init": init_summary,
     }
     write_json(out_dir / "summary.json", summary)
+    commit_outputs(out_dir, final_dir, tuple(sorted(OUTPUTS, key=lambda n: n in ("model.pt", "summary.json"))))
     return summary
 
 
@@ -493,7 +493,7 @@ def main(argv: list[str] | None = None) -> None:
     params = load_stage_params(args)
     try:
         summary = finetune(params, Path(args.out))
-    except (FinetuneError, CheckpointError, FileNotFoundError) as e:
+    except (FinetuneError, CheckpointError, FileNotFoundError, InputError) as e:
         sys.exit(f"error: {e}")
     print(json.dumps({k: summary[k] for k in ("best_epoch", "best", "epochs_run", "wall_time_s")}, indent=2))
 

@@ -19,6 +19,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -36,8 +37,12 @@ from s4d.data.manifest import read_manifest
 from s4d.models import MaskedAutoencoder
 from s4d.models.checkpoint import save_checkpoint
 from s4d.stage import load_stage_params, stage_parser
+from s4d.train.checkpoints import (OutOfSpace, ResumeRefused, claim, move_aside, own_entries, refusal,
+                                   remove_all_own, remove_own, run_settings, settings_diff, write_failure)
 from s4d.train.distributed import Dist, free_port, init_distributed, shutdown, use_bf16
 
+# Tests set it to kill the process (SIGKILL) right after the checkpoint of that step.
+KILL_AFTER_CHECKPOINT = int(os.environ.get("S4D_TEST_KILL_AFTER_CHECKPOINT", "0") or 0)
 PRETRAIN_AUGMENT = Augment(scale=(0.5, 1.0), flip=True, rand_augment=False, erase_prob=0.0)
 
 
@@ -76,51 +81,108 @@ def masking_noise(shape: tuple[int, ...], seed: int, step: int, rank: int, world
 
 
 # --------------------------------------------------------------------------------------- checkpoints
-def run_fingerprint(params: Params, model: torch.nn.Module) -> str:
-    """What a checkpoint must match to be resumed: the model, data and pretraining settings, the model's
-    state-dict layout (names and shapes: a code change that alters the model must not resume), the prepared
-    manifests, and the size and modification time of every sample they list (re-rendered or re-extracted
-    data with the same paths must not resume an old run)."""
-    relevant = {"model": to_dict(params.model), "pretrain": to_dict(params.pretrain),
-                "data": to_dict(params.data),
-                "layout": [[name, list(t.shape)] for name, t in model.state_dict().items()]}
-    digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode())
+def resume_settings(params: Params, model: torch.nn.Module, world_size: int) -> dict:
+    """What a checkpoint must match to be resumed: the model, data and pretraining settings (performance
+    knobs such as data.workers excluded), the world size (it sets the global batch, hence the step plan,
+    and the ZeRO partitions), the model's state-dict layout (a code change that alters the model must not
+    resume), and the prepared manifests with the size and modification time of every sample they list
+    (re-rendered or re-extracted data with the same paths must not resume an old run)."""
+    layout = json.dumps([[name, list(t.shape)] for name, t in model.state_dict().items()])
+    digest = hashlib.sha256()
     for task in ("dynamic", "static"):
         manifest = Path(params.data.prepared_dir) / f"{task}.csv"
         digest.update(manifest.read_bytes())
         for path in read_manifest(manifest)["path"]:
             stat = os.stat(path)
             digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
+    return run_settings(params, ("pretrain", "data"), world_size=world_size,
+                        model_layout=hashlib.sha256(layout.encode()).hexdigest()[:16],
+                        prepared_data=digest.hexdigest()[:16])
 
 
-def save_training_state(engine, ckpt_dir: Path, state: dict, dist: Dist, keep_last: int) -> None:
+def fingerprint_of(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def save_training_state(engine, ckpt_dir: Path, state: dict, dist: Dist, keep_last: int,
+                        settings: dict | None = None) -> None:
     """DeepSpeed checkpoint (model, ZeRO optimizer partitions) + RNG per rank, then `latest` is switched
-    atomically; a kill mid-save leaves `latest` on the previous complete checkpoint."""
+    atomically; a kill mid-save leaves `latest` on the previous complete checkpoint. Every entry written
+    in ckpt_dir is claimed as the project's own first; only own entries are ever removed."""
     tag = f"step_{state['step']:08d}"
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=state, save_latest=False)
-    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    torch.save(rng, ckpt_dir / tag / f"rng_rank{dist.rank}.pt")
+    if dist.is_main:
+        claim(ckpt_dir, tag)
+        before = set(os.listdir(ckpt_dir))
+    torch.distributed.barrier()
+    try:
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=state, save_latest=False)
+        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        torch.save(rng, ckpt_dir / tag / f"rng_rank{dist.rank}.pt")
+        if dist.is_main:
+            write_json(ckpt_dir / tag / "run.json", {"step": state["step"], "total_steps": state["total_steps"],
+                                                     "settings": settings or {}})
+    except (OSError, RuntimeError) as e:
+        reason = write_failure(e, ckpt_dir)
+        if reason is None:
+            raise
+        latest = ckpt_dir / "latest"
+        kept = latest.read_text().strip() if latest.is_file() else None
+        if dist.is_main:
+            remove_own(ckpt_dir, tag)  # the partial checkpoint: frees the space it took
+        raise OutOfSpace(f"{reason} on {ckpt_dir} while writing checkpoint {tag}; "
+                         + (f"previous checkpoint {kept} kept: free space and rerun the same command to resume"
+                            if kept else "no earlier checkpoint to keep")) from None
     torch.distributed.barrier()
     if dist.is_main:
-        (ckpt_dir / tag / "fingerprint").write_text(state["fingerprint"])
+        claim(ckpt_dir, "latest", *(set(os.listdir(ckpt_dir)) - before))  # e.g. DeepSpeed's zero_to_fp32.py
         tmp = ckpt_dir / f".latest.tmp-{os.getpid()}"
         tmp.write_text(tag)
         os.replace(tmp, ckpt_dir / "latest")
-        tags = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir())
+        tags = sorted(n for n in own_entries(ckpt_dir) if n.startswith("step_") and (ckpt_dir / n).is_dir())
         for old in tags[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_own(ckpt_dir, old)
     torch.distributed.barrier()
 
 
-def restore_training_state(engine, ckpt_dir: Path, dist: Dist, fingerprint: str) -> dict | None:
+def resume_plan(ckpt_dir: Path, settings: dict, fresh: bool) -> tuple[str, str | None]:
+    """What to do with ckpt_dir, read-only (every rank reaches the same answer): ("resume", tag), ("clean",
+    None) for leftovers that cannot be resumed or a finished run, ("aside", None) to move an unfinished
+    run aside; raises ResumeRefused when an unfinished run was made with other settings."""
     latest = ckpt_dir / "latest"
     if not latest.is_file():
-        return None
+        return "clean", None  # no complete checkpoint: only partial ones of a killed first save
     tag = latest.read_text().strip()
-    stamp = ckpt_dir / tag / "fingerprint"
-    if not stamp.is_file() or stamp.read_text() != fingerprint:
-        return None  # another run's checkpoint (other params or data): start over, load nothing
+    try:
+        saved = json.loads((ckpt_dir / tag / "run.json").read_text())
+        diff = settings_diff(saved["settings"], settings)
+    except (OSError, ValueError, KeyError):
+        saved, diff = {}, [f"{tag}/run.json: missing or unreadable, so its settings are unknown"]
+    finished = saved.get("step") is not None and saved.get("step") == saved.get("total_steps")
+    if fresh:
+        return ("clean" if finished else "aside"), None
+    if not diff:
+        return "resume", tag
+    if finished:
+        return "clean", None  # the run ended; its model.pt is the output, its checkpoints are spent
+    raise refusal(ckpt_dir, saved.get("step", 0), diff, "`--fresh`")
+
+
+def restore_training_state(engine, ckpt_dir: Path, dist: Dist, settings: dict, fresh: bool = False) -> dict | None:
+    """Resume the run in ckpt_dir when its settings match; otherwise (after the same decision on every
+    rank) clean or move aside only the project's own entries, and return None."""
+    action, tag = resume_plan(ckpt_dir, settings, fresh)
+    torch.distributed.barrier()  # every rank has read the folder before rank 0 changes it
+    if action != "resume":
+        if dist.is_main and ckpt_dir.is_dir():
+            if action == "aside" and (aside := move_aside(ckpt_dir)):
+                if (log := ckpt_dir.parent / "log.csv").is_file():
+                    shutil.copy2(log, aside / "log.csv")  # its loss curve goes with it
+                print(f"started fresh: the unfinished run was moved to {aside}")
+            elif removed := remove_all_own(ckpt_dir):
+                print(f"starting a new run: removed {len(removed)} checkpoint entries of a finished or "
+                      f"incomplete run from {ckpt_dir}")
+        torch.distributed.barrier()
+        return None
     _, state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
     rng = torch.load(ckpt_dir / tag / f"rng_rank{dist.rank}.pt", weights_only=False)
     random.setstate(rng["python"])
@@ -138,8 +200,9 @@ def train_manifests(params: Params) -> tuple:
     return videos[videos["split"] == "train"], images[images["split"] == "train"]
 
 
-def pretrain(params: Params, out_dir: Path = Path("artifacts/pretrain")) -> dict:
-    """Run (or resume) pretraining; write out_dir/model.pt (our MAE checkpoint), log.csv, summary.json."""
+def pretrain(params: Params, out_dir: Path = Path("artifacts/pretrain"), fresh: bool = False) -> dict:
+    """Run (or resume) pretraining; write out_dir/model.pt (our MAE checkpoint), log.csv, summary.json.
+    `fresh`: move an unfinished run in out_dir/checkpoints aside and start over."""
     import deepspeed
 
     cfg, model_cfg = params.pretrain, params.model
@@ -170,13 +233,9 @@ def pretrain(params: Params, out_dir: Path = Path("artifacts/pretrain")) -> dict
 
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out_dir / "checkpoints"
-    fingerprint = run_fingerprint(params, model)
-    state = restore_training_state(engine, ckpt_dir, dist, fingerprint)
-    if state is None:
-        torch.distributed.barrier()
-        if dist.is_main and ckpt_dir.exists():  # stale checkpoints of another run must not be resumed later
-            shutil.rmtree(ckpt_dir)
-        state = {"step": 0}
+    settings = resume_settings(params, model, dist.world_size)
+    fingerprint = fingerprint_of(settings)
+    state = restore_training_state(engine, ckpt_dir, dist, settings, fresh) or {"step": 0}
     step = state["step"]
     log_path = out_dir / "log.csv"
     if dist.is_main:
@@ -231,8 +290,10 @@ def pretrain(params: Params, out_dir: Path = Path("artifacts/pretrain")) -> dict
                 progress.update(1)
                 progress.set_postfix(loss=f"{loss:.4f}", modality=modality)
             if step % cfg.checkpoint_every == 0 or step == total_steps:
-                save_training_state(engine, ckpt_dir, {"step": step, "fingerprint": fingerprint}, dist,
-                                    cfg.keep_last)
+                save_training_state(engine, ckpt_dir, {"step": step, "total_steps": total_steps,
+                                                       "fingerprint": fingerprint}, dist, cfg.keep_last, settings)
+                if step == KILL_AFTER_CHECKPOINT:  # test hook: a kill at a known point, not a race
+                    os.kill(os.getpid(), signal.SIGKILL)
     progress.close()
 
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
@@ -321,18 +382,25 @@ def plot_losses(log_path: Path, png: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = stage_parser(__doc__).parse_args(argv)
+    parser = stage_parser(__doc__)
+    parser.add_argument("--fresh", action="store_true",
+                        help="start over: an unfinished run in artifacts/pretrain/checkpoints is moved aside "
+                             "(into checkpoints/previous-<time>/), not deleted")
+    args = parser.parse_args(argv)
     params = load_stage_params(args)
     nproc = params.pretrain.nproc_per_node
     if nproc > 1 and "RANK" not in os.environ:  # not under a launcher yet: become one
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
                "--master_port", str(free_port()), "-m", "s4d.train.pretrain",
-               "--params", args.params, *args.overrides]
+               "--params", args.params, *(["--fresh"] if args.fresh else []), *args.overrides]
         return subprocess.call(cmd)
     try:
-        pretrain(params)
-    except (FileNotFoundError, ValueError) as e:  # missing or empty prepared data: say so, no traceback
-        print(f"pretrain failed: {e}", file=sys.stderr)
+        pretrain(params, fresh=args.fresh)
+    except ResumeRefused as e:  # the user decides: resume with the old settings or start fresh
+        tqdm.write(f"pretrain refused: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, OutOfSpace) as e:  # missing/empty data, full disk: say so
+        tqdm.write(f"pretrain failed: {e}", file=sys.stderr)
         return 1
     finally:
         shutdown()

@@ -1,4 +1,5 @@
-"""python -m s4d.data.synthetic [--params params.yaml] [--root DIR] [--workers N]: write the synthetic dataset."""
+"""python -m s4d.data.synthetic [--params params.yaml] [--root DIR] [--workers N] [key=value ...]: write the
+synthetic dataset (overrides as in every stage, e.g. synthetic.seed=3)."""
 from __future__ import annotations
 
 import argparse
@@ -6,20 +7,31 @@ import json
 import sys
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from s4d.config import ConfigError, load_params
 from s4d.data.synthetic.config import SyntheticConfig
+from s4d.stage import user_error
 from s4d.data.synthetic.generate import generate
 
 
-def load_config(params: Path) -> SyntheticConfig:
-    """The `synthetic:` section of a params YAML merged onto the defaults (typed: a bad key or type fails)."""
-    schema = OmegaConf.structured(SyntheticConfig)
-    if not params.exists():
-        print(f"{params} not found: using the default synthetic config")
-        return OmegaConf.to_object(schema)
-    section = OmegaConf.load(params).get("synthetic", {}) or {}
-    return OmegaConf.to_object(OmegaConf.merge(schema, section))
+def load_config(params: Path, overrides: list[str] | None = None) -> SyntheticConfig:
+    """The `synthetic:` section of a params YAML (checked like every stage's params: YAML errors name file,
+    line and column; an empty file is an error) with `key=value` overrides, merged onto the defaults."""
+    overrides = list(overrides or [])
+    if params.exists():
+        return load_params(params, overrides).synthetic
+    print(f"{params} not found: using the default synthetic config")
+    other = [o for o in overrides if not o.startswith("synthetic.")]
+    if other:
+        raise ConfigError(f"without a params file only synthetic.* overrides apply, got {other}")
+    try:
+        section = OmegaConf.from_dotlist([o.removeprefix("synthetic.") for o in overrides])
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SyntheticConfig), section))
+    except (OmegaConfBaseException, yaml.YAMLError) as e:
+        raise ConfigError(f"overrides {overrides}: {str(e).splitlines()[0]}") from None
 
 
 def main(argv: list | None = None) -> int:
@@ -34,9 +46,17 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None,
                         help="worker processes (default: all CPU cores); the output does not depend on it")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="params overrides as in every stage, e.g. synthetic.seed=3 synthetic.video_identities=8")
     args = parser.parse_args(argv)
 
-    cfg = load_config(args.params)
+    bad = [o for o in args.overrides if "=" not in o]
+    if bad:
+        user_error(f"overrides must look like key=value, got {bad}")
+    try:
+        cfg = load_config(args.params, args.overrides)
+    except ConfigError as e:
+        user_error(str(e))
     meta = generate(cfg, root=args.root, workers=args.workers, progress=not args.no_progress)
     videos, images = meta["videos"], meta["images"]
     print(f"{meta['config']['root']}: {videos['total']} clips x {videos['frames_per_clip']} frames "

@@ -1,0 +1,294 @@
+"""Nothing lost, every error named: what the stages delete, replace and accept, tried with the user commands.
+
+Checkpoint folders on a mount point (tmpfs) and through a symlink keep files the project did not write; a
+changed performance knob resumes, a changed optimisation setting refuses and keeps the run (`--fresh` moves
+it aside); a full disk during a checkpoint says so and keeps the previous one; a killed fine-tune keeps the
+previous model; a failing prepare keeps both manifests; bad params, split files and manifests give one line
+naming the file (and line or key), exit status 1 or 2 and no traceback.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import toydata
+from conftest import MICRO_MODEL, ROOT, run_module
+
+# 8 steps (4 per epoch), a checkpoint every 2: ~2.1 MB each on the micro model.
+PRETRAIN = MICRO_MODEL + ["pretrain.batch_size=8", "pretrain.image_batch_size=16", "pretrain.epochs=2",
+                          "pretrain.checkpoint_every=2", "pretrain.keep_last=2", "pretrain.base_lr=0.2",
+                          "pretrain.zero_stage=2"]
+ENV = {"OMP_NUM_THREADS": "1"}
+KILL_AT_4 = {**ENV, "S4D_TEST_KILL_AFTER_CHECKPOINT": "4"}
+
+
+def pretrain(project: Path, *extra: str, env: dict = ENV):
+    return run_module("s4d.train.pretrain", *PRETRAIN, *extra, cwd=project, env=env)
+
+
+def error_line(done: subprocess.CompletedProcess, *needles: str) -> str:
+    """The one stderr line holding every needle (progress bars and library warnings may surround it);
+    and no traceback anywhere."""
+    text = (done.stderr + done.stdout).replace("\r", "\n")
+    assert "Traceback" not in text, text[-3000:]
+    lines = [line for line in text.splitlines() if all(n in line for n in needles)]
+    assert len(lines) == 1, (needles, text[-3000:])
+    return lines[0]
+
+
+def logged_steps(project: Path) -> list[int]:
+    import csv
+
+    with (project / "artifacts/pretrain/log.csv").open() as f:
+        return [int(r["step"]) for r in csv.DictReader(f)]
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, size: str):
+    """A tmpfs mounted on folder for the block; skips the test where this sandbox may not mount."""
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not allowed here ({done.stderr.strip()}); the symlinked-folder "
+                    f"test still covers a folder the project did not create")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+# --------------------------------------------------------------------------------------------- pretraining
+@pytest.mark.slow
+def test_mount_point_full_disk_and_changed_knob(micro_project):
+    """Checkpoints on a 5 MB tmpfs holding a foreign file: the fresh start keeps the file; the third
+    checkpoint does not fit and the run stops with "no space left" keeping step 4; with space added, a
+    rerun with another data.workers resumes from step 4 and finishes."""
+    ckpt = micro_project / "artifacts/pretrain/checkpoints"
+    with tmpfs(ckpt, "5m"):
+        (ckpt / "foreign.txt").write_text("not the project's")
+        full = pretrain(micro_project)
+        assert full.returncode == 1, full.stderr[-3000:]
+        line = error_line(full, "no space left on artifacts/pretrain/checkpoints")
+        assert "while writing checkpoint step_00000006" in line and "previous checkpoint step_00000004 kept" in line
+        assert (ckpt / "latest").read_text() == "step_00000004"
+        assert sorted(p.name for p in ckpt.iterdir()) == [".s4d-own.json", "foreign.txt", "latest", "step_00000002",
+                                                          "step_00000004", "zero_to_fp32.py", "zero_to_torch.py"]
+        assert (ckpt / "foreign.txt").read_text() == "not the project's"
+
+        subprocess.run(["mount", "-o", "remount,size=20m", str(ckpt)], check=True)
+        resumed = pretrain(micro_project, "data.workers=1")  # a performance knob: not part of the run
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert "resuming from step 4 of 8" in resumed.stdout
+        assert logged_steps(micro_project) == list(range(1, 9))
+        assert (ckpt / "latest").read_text() == "step_00000008"
+        assert (ckpt / "foreign.txt").read_text() == "not the project's"
+        assert os.path.ismount(ckpt)
+        assert (micro_project / "artifacts/pretrain/model.pt").is_file()
+
+
+@pytest.mark.slow
+def test_symlinked_folder_changed_setting_refuses_then_fresh_moves_aside(micro_project, tmp_path):
+    """A killed run in a symlinked checkpoint folder: another pretrain.base_lr refuses (exit 2, the key and
+    --fresh named) and keeps every checkpoint; --fresh moves the run aside and starts over."""
+    elsewhere = tmp_path / "bigdisk" / "ckpt"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "foreign.txt").write_text("not the project's")
+    link = micro_project / "artifacts/pretrain/checkpoints"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(elsewhere, target_is_directory=True)
+
+    killed = pretrain(micro_project, env=KILL_AT_4)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    before = sorted(p.name for p in elsewhere.iterdir())
+    assert "step_00000004" in before and (elsewhere / "latest").read_text() == "step_00000004"
+
+    refused = pretrain(micro_project, "pretrain.base_lr=0.1")
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    line = error_line(refused, "pretrain refused")
+    assert "unfinished run (step 4)" in line and "pretrain.base_lr: 0.2 -> 0.1" in line and "--fresh" in line
+    assert sorted(p.name for p in elsewhere.iterdir()) == before  # nothing deleted, nothing moved
+
+    fresh = pretrain(micro_project, "pretrain.base_lr=0.1", "--fresh")
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert "resuming" not in fresh.stdout and "the unfinished run was moved to" in fresh.stdout
+    assert link.is_symlink() and (elsewhere / "foreign.txt").read_text() == "not the project's"
+    aside = [p for p in elsewhere.iterdir() if p.name.startswith("previous-")]
+    assert len(aside) == 1
+    assert (aside[0] / "latest").read_text() == "step_00000004" and (aside[0] / "step_00000004").is_dir()
+    assert (aside[0] / "log.csv").read_text().splitlines()[-1].startswith("4,")  # its loss curve went along
+    assert (elsewhere / "latest").read_text() == "step_00000008"
+    assert logged_steps(micro_project) == list(range(1, 9))
+
+
+# --------------------------------------------------------------------------------------------- fine-tuning
+@pytest.mark.slow
+def test_killed_finetune_rerun_keeps_the_previous_model(tmp_path_factory):
+    """The previous run's model.pt and summary.json stay byte for byte while a rerun trains (its model
+    lands in a staging folder); SIGKILL then leaves them whole; a finished rerun replaces them."""
+    root = toydata.toy_root(tmp_path_factory)
+    out = root / "runs" / "keep"
+    args = ["--out", str(out), "--params", str(ROOT / "params.yaml"), *toydata.SMALL_MODEL, *toydata.SMALL_RUN,
+            "data.prepared_dir=prepared"]
+    first = run_module("s4d.train.finetune", *args, "finetune.epochs=1", cwd=root, env=ENV)
+    assert first.returncode == 0, first.stderr[-3000:]
+    model, summary = (out / "model.pt").read_bytes(), (out / "summary.json").read_bytes()
+
+    proc = subprocess.Popen([sys.executable, "-m", "s4d.train.finetune", *args, "finetune.epochs=200",
+                             "finetune.patience=200"], cwd=root, env={**os.environ, "PYTHONPATH": str(ROOT), **ENV},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    staged = []
+    while not staged and proc.poll() is None and time.time() < deadline:
+        staged = list(out.glob(".partial-*/model.pt"))  # the rerun has a model of its own by now
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert staged and proc.returncode == -signal.SIGKILL, "the rerun ended before it wrote a model"
+    assert (out / "model.pt").read_bytes() == model and (out / "summary.json").read_bytes() == summary
+
+    again = run_module("s4d.train.finetune", *args, "finetune.epochs=2", cwd=root, env=ENV)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (out / "model.pt").read_bytes() != model
+    assert '"epochs_run": 2' in (out / "summary.json").read_text()
+    assert not list(out.glob(".partial-*"))  # the killed run's staging folder is gone too
+
+
+# --------------------------------------------------------------------------------------------- prepare
+def write_folder_dataset(root: Path, clips: int, images: int) -> None:
+    """A `folder` dataset: videos as frame folders and stills, two classes."""
+    rng = np.random.default_rng(0)
+    for i in range(clips):
+        folder = root / "videos" / ("happy", "sad")[i % 2] / f"clip{i:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for t in range(4):
+            cv2.imwrite(str(folder / f"{t:05d}.jpg"), rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    for i in range(images):
+        path = root / "images" / ("happy", "sad")[i % 2] / f"img{i:02d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+
+
+FOLDER_DATA = ["data.dynamic.reader=folder", "data.dynamic.root=ds/videos", "data.static.reader=folder",
+               "data.static.root=ds/images", "data.val_fraction=0.25"]
+
+
+def test_failing_image_side_leaves_both_manifests(tmp_path, monkeypatch, capsys):
+    from s4d.data.prepare import main
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    write_folder_dataset(tmp_path / "ds", clips=8, images=8)
+    assert main(FOLDER_DATA) == 0
+    prepared = tmp_path / "artifacts/prepared"
+    before = {name: (prepared / name).read_bytes() for name in ("dynamic.csv", "static.csv", "summary.json")}
+
+    write_folder_dataset(tmp_path / "ds", clips=12, images=0)  # the video side changes...
+    (tmp_path / "ds/images/sad/img01.jpg").write_bytes(b"")  # ...and the image side breaks
+    capsys.readouterr()
+    assert main(FOLDER_DATA) == 1
+    err = capsys.readouterr().err
+    assert "prepare failed" in err and "img01.jpg" in err
+    assert {name: (prepared / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in prepared.iterdir()) == sorted(before)  # no staging folder left
+
+
+def test_non_utf8_split_file_names_file_and_line(tmp_path, monkeypatch, capsys):
+    from s4d.data.prepare import main
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    write_folder_dataset(tmp_path / "ds", clips=4, images=0)
+    raf = tmp_path / "raf"
+    (raf / "EmoLabel").mkdir(parents=True)
+    (raf / "EmoLabel/list_patition_label.txt").write_bytes(b"train_00001.jpg 1\ntrain_0000\xff2.jpg 2\n")
+    assert main([*FOLDER_DATA, "data.static.reader=rafdb", "data.static.root=raf"]) == 1
+    err = capsys.readouterr().err
+    assert "list_patition_label.txt:2:11: byte 0xff is not UTF-8 text" in err
+    assert not (tmp_path / "artifacts/prepared").exists()  # nothing written
+
+
+# --------------------------------------------------------------------------------------------- bad input
+BAD_PARAMS = {
+    "tab": ("profile: tiny\nmodels:\n  tiny:\n\timg_size: 64\n", ["params.yaml:4:1", "not tabs"]),
+    "empty": ("", ["params.yaml is empty"]),
+    "syntax": ("profile: [tiny\ndata: {}\n", ["params.yaml:2:5", "YAML syntax error: expected ',' or ']'"]),
+    "latin1": ("profile: tiny\n# caf\xe9\n", ["params.yaml:2:6", "byte 0xe9 is not UTF-8"]),
+}
+STAGES = ["s4d.data.synthetic", "s4d.data.prepare", "s4d.data.validate", "s4d.train.pretrain", "s4d.train.finetune"]
+
+
+# Every stage with a tab; the other files with the fast stages (one loader serves them all).
+@pytest.mark.slow
+@pytest.mark.parametrize("module, bad", [(m, "tab") for m in STAGES]
+                         + [(m, b) for m in STAGES[:2] for b in ("empty", "syntax", "latin1")])
+def test_bad_params_file_in_every_stage(tmp_path, module, bad):
+    text, needles = BAD_PARAMS[bad]
+    (tmp_path / "params.yaml").write_bytes(text.encode("latin-1"))
+    done = run_module(module, cwd=tmp_path)
+    assert done.returncode == 2
+    error_line(done, "error:", *needles)
+
+
+@pytest.mark.slow
+def test_bad_override(tmp_path):
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    done = run_module("s4d.train.pretrain", "pretrain.epochs=[1", cwd=tmp_path)
+    assert done.returncode == 2
+    error_line(done, "override 'pretrain.epochs=[1'", "not valid YAML")
+
+
+# The stages each damage broke before (validate flagged escaping paths already).
+@pytest.mark.slow
+@pytest.mark.parametrize("module, damage", [
+    ("s4d.data.validate", "zero_bytes"), ("s4d.train.pretrain", "zero_bytes"), ("s4d.data.validate", "header_only"),
+    ("s4d.train.finetune", "header_only"), ("s4d.train.pretrain", "escaping_path"),
+    ("s4d.train.finetune", "escaping_path")])
+def test_bad_manifest_in_every_stage(micro_project, module, damage):
+    static = micro_project / "artifacts/prepared/static.csv"
+    if damage == "zero_bytes":
+        static.write_bytes(b"")
+        needles = ["artifacts/prepared/static.csv", "empty file (0 bytes)"]
+    elif damage == "header_only":
+        static.write_text(static.read_text().splitlines()[0] + "\n")
+        needles = ["artifacts/prepared/static.csv", "holds no rows"]
+    else:
+        lines = static.read_text().splitlines()
+        lines[1] = lines[1].replace("images/00000.jpg", "../../../../etc/passwd")
+        static.write_text("\n".join(lines) + "\n")
+        needles = ["outside the dataset root", "i00000: path '../../../../etc/passwd'"]
+    done = run_module(module, *MICRO_MODEL, "pretrain.epochs=1", "finetune.epochs=1", cwd=micro_project, env=ENV)
+    assert done.returncode == 1, (done.returncode, done.stderr[-3000:])
+    error_line(done, *needles)
+
+
+# --------------------------------------------------------------------------------------------- generator
+def test_generator_takes_overrides_like_every_stage(tmp_path, monkeypatch, capsys):
+    import json
+
+    from s4d.data.synthetic.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    small = ["synthetic.video_identities=5", "synthetic.clips_per_identity=1", "synthetic.num_frames=4",
+             "synthetic.image_identity_ratio=1", "synthetic.images_per_identity=1", "synthetic.seed=3"]
+    assert main(["--root", "syn", "--workers", "1", "--no-progress", *small]) == 0
+    config = json.loads((tmp_path / "syn/meta.json").read_text())["config"]
+    assert (config["seed"], config["video_identities"], config["num_frames"]) == (3, 5, 4)
+    assert len(list((tmp_path / "syn/videos/frames").iterdir())) == 5
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--root", "syn2", "synthetic.video_identitie=5"])
+    assert exit_info.value.code == 2
+    assert "synthetic.video_identitie" in capsys.readouterr().err
+    assert not (tmp_path / "syn2").exists()
