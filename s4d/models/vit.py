@@ -36,8 +36,12 @@ def sincos_3d_table(grid: tuple[int, int, int], dim: int) -> torch.Tensor:
 
 
 def sincos_flat_table(n: int, dim: int) -> torch.Tensor:
-    """(n, dim) table over the flattened token index, as VideoMAE / MAE-DFER / S4D checkpoints expect."""
-    return sincos_1d(torch.arange(n), dim)
+    """(n, dim) table over the flattened token index, the one VideoMAE / MAE-DFER / S4D were trained with:
+    channel j of position p holds p / 10000^(2*(j//2)/dim), through sin on even j and cos on odd j
+    (interleaved, unlike sincos_1d's sines-then-cosines)."""
+    j = torch.arange(dim)
+    angles = torch.arange(n, dtype=torch.float64)[:, None] / 10000 ** (2 * (j // 2) / dim).double()[None]
+    return torch.where(j % 2 == 0, angles.sin(), angles.cos()).float()
 
 
 def position_table(cfg: ModelConfig, dim: int) -> torch.Tensor:
