@@ -178,7 +178,7 @@ class LGIClassifier(S4DClassifier, LGIFormer):
 
     def group_matcher(self, coarse: bool = False) -> dict:
         """The representative tokens start the network, like the stem (layer-wise LR decay)."""
-        return {"stem": r"^(patch_embed|region_tokens)", "blocks": [(r"^blocks\.(\d+)", None)]}
+        return {"stem": r"^(?:patch_embed|region_tokens)", "blocks": [(r"^blocks\.(\d+)", None)]}
 
     def no_weight_decay(self) -> set[str]:
         return super().no_weight_decay() | {"region_tokens"}
@@ -192,11 +192,12 @@ class MAEDFERError(ValueError):
     """A file or argument set that is not a MAE-DFER LGI-Former checkpoint this converter reads."""
 
 
-# The two model names of MAE-DFER's scripts that build the LGI-Former: width, heads (decoder width, heads).
-MAEDFER_MODELS = {
-    "vit_base_dim512_no_depth_patch16_160": (512, 8, None),
-    "pretrain_videomae_base_dim512_no_depth_patch16_160": (512, 8, (384, 6)),
-}
+# MAE-DFER's model names: fine-tuning (classifier) and pretraining (MAE). Widths, depths and the patch come
+# from the tensors; every official model has 64 channels per attention head (768/12, 512/8, decoder 384/6).
+MAEDFER_MODELS = {"vit_base_dim512_no_depth_patch16_160": "classifier", "vit_base_patch16_160": "classifier",
+                  "pretrain_videomae_base_dim512_no_depth_patch16_160": "mae",
+                  "pretrain_videomae_base_patch16_160": "mae"}
+HEAD_DIM = 64
 # Arguments whose non-default values change the architecture in ways we do not build.
 MAEDFER_FIXED = {"attn_type": "local_global", "lg_first_attn_type": "self", "lg_third_attn_type": "cross",
                  "lg_attn_param_sharing_first_third": False, "lg_attn_param_sharing_all": False,
@@ -238,8 +239,7 @@ def convert_maedfer(sd: dict[str, torch.Tensor], args: argparse.Namespace | dict
     for key, expected in MAEDFER_FIXED.items():
         if a.get(key, expected) != expected:
             raise MAEDFERError(f"args.{key} = {a[key]!r}: only {expected!r} (MAE-DFER's released models) is supported")
-    width, heads, decoder = MAEDFER_MODELS[name]
-    kind = "mae" if decoder else "classifier"
+    kind = MAEDFER_MODELS[name]
     if kind == "classifier":
         if a.get("lg_classify_token_type", "org") != "region":
             raise MAEDFERError(f"args.lg_classify_token_type = {a.get('lg_classify_token_type')!r}: only 'region' "
@@ -250,16 +250,18 @@ def convert_maedfer(sd: dict[str, torch.Tensor], args: argparse.Namespace | dict
     prefix = "encoder." if kind == "mae" else ""
     if not depth:  # the model name leaves depth to the args; fall back to counting blocks
         depth = len({m[1] for k in sd if (m := re.match(rf"{prefix}blocks\.(\d+)\.", k))})
+    if f"{prefix}patch_embed.proj.weight" not in sd:
+        raise MAEDFERError(f"the checkpoint has no {prefix}patch_embed.proj.weight (args.model {name!r})")
     patch = sd[f"{prefix}patch_embed.proj.weight"]
-    if patch.shape[0] != width:
-        raise MAEDFERError(f"{prefix}patch_embed.proj.weight has width {patch.shape[0]}, args.model says {width}")
+    width = patch.shape[0]
+    decoder_width = sd["decoder.norm.weight"].shape[0] if kind == "mae" and "decoder.norm.weight" in sd else 384
     if f"{prefix}pos_embed" in sd:
         raise MAEDFERError("a learned position table (use_learnable_pos_emb) is not supported")
     cfg = ModelConfig(
         img_size=int(a.get("input_size", 160)), patch_size=patch.shape[-1], num_frames=int(a.get("num_frames", 16)),
-        tubelet_size=patch.shape[2], embed_dim=width, depth=int(depth), num_heads=heads, mlp_ratio=4.0,
+        tubelet_size=patch.shape[2], embed_dim=width, depth=int(depth), num_heads=width // HEAD_DIM, mlp_ratio=4.0,
         drop_path=float(a.get("drop_path", 0.1)), pos_embed="sincos_flat", stem="linear", pool="mean",
-        decoder_dim=decoder[0] if decoder else 384, decoder_heads=decoder[1] if decoder else 6,
+        decoder_dim=decoder_width, decoder_heads=decoder_width // HEAD_DIM,
         decoder_depth=int(a.get("decoder_depth", 4)), moae=MoAEConfig(layers=0), encoder="lgi",
         lgi=LGIConfig(region=[int(v) for v in a.get("lg_region_size", (2, 2, 10))], tokens=1))
 

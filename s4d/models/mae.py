@@ -13,7 +13,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from s4d.config import ModelConfig
-from s4d.models.lgi import LGIFormer
+from s4d.models.lgi import LayerNorm, LGIFormer
 from s4d.models.vit import VideoViT, as_clip, init_weights, position_table
 
 
@@ -99,9 +99,10 @@ class Decoder(nn.Module):
         super().__init__()
         self.register_buffer("pos_embed", position_table(cfg, cfg.decoder_dim)[None], persistent=False)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_dim))
-        self.blocks = nn.ModuleList([Block(cfg.decoder_dim, cfg.decoder_heads, cfg.mlp_ratio, qkv_bias=True)
-                                     for _ in range(cfg.decoder_depth)])
-        self.norm = nn.LayerNorm(cfg.decoder_dim)
+        # LayerNorm eps 1e-6 as in the published decoders (VideoMAE, MAE-DFER), so their weights compute the same.
+        self.blocks = nn.ModuleList([Block(cfg.decoder_dim, cfg.decoder_heads, cfg.mlp_ratio, qkv_bias=True,
+                                           norm_layer=LayerNorm) for _ in range(cfg.decoder_depth)])
+        self.norm = LayerNorm(cfg.decoder_dim)
         self.head = nn.Linear(cfg.decoder_dim, cfg.tubelet_size * cfg.patch_size ** 2 * 3)
 
     def forward(self, latent: torch.Tensor, visible_ids: torch.Tensor, num_tokens: int) -> torch.Tensor:
