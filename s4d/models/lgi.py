@@ -115,6 +115,9 @@ class LGIFormer(VideoViT):
 
     def __init__(self, cfg: ModelConfig, moae_layers: int = 0, drop_path: float = 0.0, final_norm: bool = False):
         nn.Module.__init__(self)  # not VideoViT.__init__: it would build ViT blocks only to replace them
+        if cfg.pos_embed not in ("sincos3d", "sincos_flat"):
+            raise ValueError(f"the lgi encoder uses a fixed position table (sincos3d or sincos_flat), "
+                             f"got pos_embed {cfg.pos_embed!r}")
         self.cfg = cfg
         grid = (cfg.num_frames // cfg.tubelet_size, cfg.img_size // cfg.patch_size, cfg.img_size // cfg.patch_size)
         self.region_size = region_layout(grid, cfg.lgi.region)
@@ -155,13 +158,18 @@ class LGIFormer(VideoViT):
             x = block(x)
         return x[:, :, m:], x[:, :, :m].reshape(b, r * m, d)
 
+    def grouped(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images or videos -> embedded tokens grouped by region (B, R, S, D) and their ids (R, S)."""
+        tokens = self.embed(x)
+        index = self.region_index(tokens.shape[1] // self.tokens_per_slice).to(tokens.device)
+        return tokens[:, index], index
+
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images or videos -> (B, N, D) tokens in (t, h, w) order and (B, R * m, D) representatives."""
-        tokens = self.embed(x)
-        b, n, d = tokens.shape
-        index = self.region_index(n // self.tokens_per_slice).to(tokens.device)
-        out, rep = self.forward_regions(tokens[:, index])
-        return out.new_empty(b, n, d).index_copy_(1, index.flatten(), out.flatten(1, 2)), rep
+        regions, index = self.grouped(x)
+        out, rep = self.forward_regions(regions)
+        b, _, _, d = out.shape
+        return out.new_empty(b, index.numel(), d).index_copy_(1, index.flatten(), out.flatten(1, 2)), rep
 
 
 class LGIClassifier(S4DClassifier, LGIFormer):
@@ -173,7 +181,7 @@ class LGIClassifier(S4DClassifier, LGIFormer):
         self.fc_norm.eps = 1e-6  # MAE-DFER's
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        _, rep = self.encode(x)
+        _, rep = self.forward_regions(self.grouped(x)[0])
         return self.fc_norm(rep.amax(dim=1) if self.cfg.pool == "max" else rep.mean(dim=1))
 
     def group_matcher(self, coarse: bool = False) -> dict:
