@@ -7,6 +7,7 @@ on files laid out as their `utils.save_model` writes them; the reference uses no
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 
 import pytest
@@ -43,6 +44,9 @@ def test_lgi_classifier_shapes_for_videos_images_and_short_clips():
     assert tokens.shape == (2, 64, 64) and rep.shape == (2, 8, 64)
     _, rep = model.encode(torch.randn(2, 3, 32, 32))
     assert rep.shape == (2, 4, 64)  # the first temporal row of regions
+    twin = copy.deepcopy(model)  # copies and pickles rebuild the instance without a config
+    clip = torch.randn(1, 3, 8, 32, 32)
+    assert type(twin) is LGIClassifier and torch.equal(twin(clip), model(clip))
 
 
 def test_region_that_does_not_divide_the_grid_is_refused_by_name(tmp_path):
