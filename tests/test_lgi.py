@@ -126,6 +126,8 @@ def test_motion_loss_weights_appearance_and_motion():
     assert losses[0.0] == pytest.approx(appearance, rel=1e-5)
     assert losses[1.0] == pytest.approx(motion, rel=1e-5)
     assert losses[0.25] == pytest.approx(0.75 * appearance + 0.25 * motion, rel=1e-5)
+    vit = MaskedAutoencoder(lgi_cfg(encoder="vit"), "pixels+motion", 0.25)(x, 0.75, noise=noise)  # either encoder
+    assert torch.equal(vit.target, out.target) and vit.mask.sum() == 2 * (64 - 16)
     torch.manual_seed(0)
     pixels = MaskedAutoencoder(cfg)(x, 0.75, noise=noise)
     assert not torch.allclose(pixels.target, out.target)
