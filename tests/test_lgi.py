@@ -264,7 +264,8 @@ def official_mae(sd, video, mask, region, depth, heads, decoder_depth, decoder_h
         p = f"decoder.blocks.{i}."
         h = ln(sd, p + "norm1", full)
         bias = torch.cat([sd[p + "attn.q_bias"], torch.zeros_like(sd[p + "attn.v_bias"]), sd[p + "attn.v_bias"]])
-        q, k, v = F.linear(h, sd[p + "attn.qkv.weight"], bias).reshape(b, n, 3, decoder_heads, -1).permute(2, 0, 3, 1, 4)
+        qkv = F.linear(h, sd[p + "attn.qkv.weight"], bias).reshape(b, n, 3, decoder_heads, -1)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
         w = ((q * (dd // decoder_heads) ** -0.5) @ k.transpose(-2, -1)).softmax(-1)
         full = full + F.linear((w @ v).transpose(1, 2).reshape(b, n, dd), sd[p + "attn.proj.weight"],
                                sd[p + "attn.proj.bias"])
