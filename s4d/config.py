@@ -44,6 +44,12 @@ class MoAEConfig:
 
 
 @dataclass
+class LGIConfig:
+    region: List[int] = field(default_factory=lambda: [2, 4, 4])  # local region in tokens (t, h, w)
+    tokens: int = rng(1, 1, 64)  # learnable representative tokens per region (MAE-DFER: 1)
+
+
+@dataclass
 class ModelConfig:
     img_size: int = rng(64, 16, 1024)  # square input frames, pixels
     patch_size: int = rng(8, 2, 64)  # tubelet height and width, pixels
@@ -67,6 +73,10 @@ class ModelConfig:
     decoder_depth: int = rng(2, 1, 32)
     decoder_heads: int = rng(4, 1, 64)
     moae: MoAEConfig = field(default_factory=MoAEConfig)
+    # vit: global space-time attention. lgi: MAE-DFER's LGI-Former (attention inside regions, representative
+    # tokens attend globally and back); the classifier pools the representative tokens.
+    encoder: str = rng("vit", choices=("vit", "lgi"))  # vit, or lgi (MAE-DFER's LGI-Former)
+    lgi: LGIConfig = field(default_factory=LGIConfig)  # used when encoder is lgi
 
 
 def tiny_profile() -> ModelConfig:
@@ -78,7 +88,7 @@ def base_profile() -> ModelConfig:
     return ModelConfig(
         img_size=160, patch_size=16, num_frames=16, tubelet_size=2, embed_dim=768, depth=12, num_heads=12,
         drop_path=0.1, stem="linear", pool="mean", decoder_dim=384, decoder_depth=4, decoder_heads=6,
-        moae=MoAEConfig(layers=6, experts=8, top_k=2, bottleneck=192),
+        moae=MoAEConfig(layers=6, experts=8, top_k=2, bottleneck=192), lgi=LGIConfig(region=[2, 5, 10]),
     )
 
 
@@ -121,6 +131,10 @@ class PretrainConfig:
     video_mask_ratio: float = rng(0.9, 0.0, 0.99)  # share of video tokens hidden (paper: 0.95)
     image_mask_ratio: float = rng(0.75, 0.0, 0.99)  # share of image tokens hidden (paper: 0.9)
     tube_masking: bool = False  # hide the same patches in every frame (else random per token)
+    # pixels+motion (MAE-DFER): per tubelet, the first frame's normalised pixels and the later frames'
+    # differences to it; images keep the pixel target (a still has no motion).
+    target: str = rng("pixels", choices=("pixels", "pixels+motion"))  # video reconstruction target
+    motion_weight: float = rng(0.5, 0.0, 1.0)  # loss = (1 - w) appearance + w motion (0.5: MAE-DFER's script)
     base_lr: float = rng(0.024, 0.0, 1.0)  # lr = base_lr * global_batch / 256
     min_lr: float = rng(1e-6, 0.0, 1.0)
     weight_decay: float = rng(0.05, 0.0, 1.0)
@@ -236,6 +250,14 @@ def check_consistency(p: Params) -> None:
             raise ConfigError(f"{key}.moae.layers: {m.moae.layers} exceeds depth {m.depth}")
         if m.moae.top_k > m.moae.experts:
             raise ConfigError(f"{key}.moae.top_k: {m.moae.top_k} exceeds experts {m.moae.experts}")
+        grid = [m.num_frames // m.tubelet_size, m.img_size // m.patch_size, m.img_size // m.patch_size]
+        region = list(m.lgi.region)
+        if m.encoder == "lgi" and (len(region) != 3 or min(region) < 1 or any(g % r for g, r in zip(grid, region))):
+            raise ConfigError(f"{key}.lgi.region: {region} must be 3 positive sizes (t, h, w) that divide the "
+                              f"token grid {grid}")
+    if p.pretrain.target == "pixels+motion" and p.model.tubelet_size < 2:
+        raise ConfigError(f"pretrain.target: pixels+motion needs frame differences inside a tubelet; "
+                          f"models.{p.profile}.tubelet_size is {p.model.tubelet_size}")
 
 
 def read_text(path: str | Path) -> str:

@@ -13,6 +13,14 @@ from s4d.models.vit import LayerNorm, VideoViT, init_weights
 
 
 class S4DClassifier(VideoViT):
+    encoders: dict[str, type] = {}  # cfg.encoder -> subclass; s4d.models.lgi registers "lgi"
+
+    def __new__(cls, cfg: ModelConfig | None = None, *args, **kwargs):
+        # `encoder: lgi` builds the LGI-Former variant, so every caller of S4DClassifier(cfg, ...) gets it.
+        # (cfg is None when copy / pickle recreate an instance: its class is already the right one.)
+        swap = cls is S4DClassifier and cfg is not None and cfg.encoder != "vit"
+        return super().__new__(cls.encoders[cfg.encoder] if swap else cls)
+
     def __init__(self, cfg: ModelConfig, num_dynamic_classes: int, num_static_classes: int = 0):
         super().__init__(cfg, moae_layers=cfg.moae.layers, drop_path=cfg.drop_path)
         if num_dynamic_classes < 2:

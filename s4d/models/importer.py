@@ -25,8 +25,8 @@ def parse_labels(text: str | None, what: str) -> list[str] | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="s4d import", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=f"Supported: {SUPPORTED}. LGI-Former (MAE-DFER's released models), "
-                                            "layer scale, cls tokens and first-token pooling are refused.")
+                                     epilog=f"Supported: {SUPPORTED}. Layer scale, cls tokens and first-token "
+                                            "pooling are refused.")
     parser.add_argument("src", help="published checkpoint (.pth/.pt as the official training code writes it)")
     parser.add_argument("dst", help="where to write the s4d-ops checkpoint")
     parser.add_argument("--dynamic-labels", help="class names of the video head in order, comma-separated "

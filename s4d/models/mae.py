@@ -1,7 +1,8 @@
-"""Dual-modal masked autoencoder: one encoder for face images and face videos.
+"""Dual-modal masked autoencoder: one encoder (ViT or LGI-Former) for face images and face videos.
 
-patchify -> per-sample random (or tube) masking with exact visible counts -> encoder on visible tokens ->
-decoder with a learned mask token -> per-patch normalised pixel targets -> MSE on masked tokens only.
+patchify -> per-sample random (or tube) masking with exact visible counts (per region for the LGI-Former)
+-> encoder on visible tokens -> decoder with a learned mask token -> per-patch normalised pixel targets, or
+MAE-DFER's appearance + motion targets for videos -> MSE on masked tokens only.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from s4d.config import ModelConfig
+from s4d.models.lgi import LGIFormer
 from s4d.models.vit import LayerNorm, VideoViT, as_clip, init_weights, position_table
 
 
@@ -37,6 +39,14 @@ def normalised_targets(clip: torch.Tensor, tubelet: int, patch: int) -> torch.Te
     mean = patches.mean(dim=-2, keepdim=True)
     std = patches.var(dim=-2, unbiased=True, keepdim=True).add(1e-6).sqrt()
     return ((patches - mean) / std).flatten(2)
+
+
+def motion_targets(clip: torch.Tensor, tubelet: int, patch: int) -> torch.Tensor:
+    """MAE-DFER's joint target, flattened per token like `normalised_targets`: the tubelet patch is normalised
+    as for the pixel target, then the first frame keeps its pixels (appearance) and every later frame becomes
+    its difference to the first (facial motion)."""
+    patches = normalised_targets(clip, tubelet, patch).unflatten(2, (tubelet, -1))  # (B, N, tubelet, p*p*C)
+    return torch.cat([patches[:, :, :1], patches[:, :, 1:] - patches[:, :, :1]], dim=2).flatten(2)
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -67,11 +77,29 @@ def random_masking(noise: torch.Tensor, grid_t: int, tokens_per_slice: int, mask
     return ids.sort(dim=1).values
 
 
+def region_masking(noise: torch.Tensor, index: torch.Tensor, grid_t: int, tokens_per_slice: int,
+                   mask_ratio: float, tube: bool) -> torch.Tensor:
+    """Visible token ids (B, R, k) for the LGI-Former: every region keeps exactly k tokens, so regions stay
+    one batched tensor. `index` (R, S) lists each region's tokens. Noise as for random_masking; with tube
+    masking each region keeps the same patches in all its slices (MAE-DFER's part-window masking)."""
+    regions, size = index.shape
+    if tube:  # a patch's noise repeats over time, so its slices sort next to each other
+        noise = noise.repeat(1, grid_t)
+        depth = index[0].div(tokens_per_slice, rounding_mode="floor").unique().numel()  # slices per region
+        keep = depth * visible_count(size // depth, mask_ratio)
+    else:
+        keep = visible_count(size, mask_ratio)
+    index = index.to(noise.device).expand(noise.shape[0], -1, -1)
+    order = noise.gather(1, index.flatten(1)).view_as(index).argsort(dim=2)[..., :keep]
+    return index.gather(2, order).sort(dim=2).values
+
+
 class Decoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.register_buffer("pos_embed", position_table(cfg, cfg.decoder_dim)[None], persistent=False)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_dim))
+        # LayerNorm eps 1e-6 as in the published decoders (VideoMAE, MAE-DFER), so their weights compute the same.
         self.blocks = nn.ModuleList([Block(cfg.decoder_dim, cfg.decoder_heads, cfg.mlp_ratio, qkv_bias=True,
                                            norm_layer=LayerNorm) for _ in range(cfg.decoder_depth)])
         self.norm = LayerNorm(cfg.decoder_dim)
@@ -90,10 +118,16 @@ class Decoder(nn.Module):
 
 
 class MaskedAutoencoder(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, target: str = "pixels", motion_weight: float = 0.5):
+        """`target` (videos; images always use pixels): "pixels" or "pixels+motion", the latter scored as
+        (1 - motion_weight) * appearance MSE + motion_weight * motion MSE."""
         super().__init__()
-        self.cfg = cfg
-        self.encoder = VideoViT(cfg, final_norm=True)
+        if target not in ("pixels", "pixels+motion"):
+            raise ValueError(f"target must be 'pixels' or 'pixels+motion', got {target!r}")
+        if target == "pixels+motion" and cfg.tubelet_size < 2:
+            raise ValueError(f"the motion target needs tubelet_size >= 2, got {cfg.tubelet_size}")
+        self.cfg, self.target, self.motion_weight = cfg, target, motion_weight
+        self.encoder = LGIFormer(cfg, final_norm=True) if cfg.encoder == "lgi" else VideoViT(cfg, final_norm=True)
         self.encoder_to_decoder = nn.Linear(cfg.embed_dim, cfg.decoder_dim, bias=False)
         self.decoder = Decoder(cfg)
         self.apply(init_weights)
@@ -115,19 +149,32 @@ class MaskedAutoencoder(nn.Module):
         per_slice = self.encoder.tokens_per_slice
         if noise is None:
             noise = torch.rand(self.noise_shape(x, tube), device=x.device)
-        visible_ids = random_masking(noise.to(x.device), num // per_slice, per_slice, mask_ratio, tube)
-
-        latent = tokens.gather(1, visible_ids[..., None].expand(-1, -1, dim))
-        for block in self.encoder.blocks:
-            latent = block(latent)
+        noise, grid_t = noise.to(x.device), num // per_slice
+        if isinstance(self.encoder, LGIFormer):
+            region_ids = region_masking(noise, self.encoder.region_index(grid_t), grid_t, per_slice, mask_ratio, tube)
+            visible_ids = region_ids.flatten(1)
+            latent = tokens.gather(1, visible_ids[..., None].expand(-1, -1, dim))
+            latent = self.encoder.forward_regions(latent.view(*region_ids.shape, dim))[0].flatten(1, 2)
+        else:
+            visible_ids = random_masking(noise, grid_t, per_slice, mask_ratio, tube)
+            latent = tokens.gather(1, visible_ids[..., None].expand(-1, -1, dim))
+            for block in self.encoder.blocks:
+                latent = block(latent)
         latent = self.encoder_to_decoder(self.encoder.norm(latent))
 
         pred = self.decoder(latent, visible_ids, num)
 
         mask = torch.ones(batch, num, dtype=torch.bool, device=x.device)
         mask.scatter_(1, visible_ids, False)
-        target = normalised_targets(clip, cfg.tubelet_size, cfg.patch_size)
-        return MAEOutput(masked_mse(pred, target, mask), pred, target, mask)
+        if self.target == "pixels+motion" and x.ndim == 5:
+            target = motion_targets(clip, cfg.tubelet_size, cfg.patch_size)
+            split = target.shape[-1] // cfg.tubelet_size  # the first frame's share of a token: appearance
+            loss = ((1 - self.motion_weight) * masked_mse(pred[..., :split], target[..., :split], mask)
+                    + self.motion_weight * masked_mse(pred[..., split:], target[..., split:], mask))
+        else:
+            target = normalised_targets(clip, cfg.tubelet_size, cfg.patch_size)
+            loss = masked_mse(pred, target, mask)
+        return MAEOutput(loss, pred, target, mask)
 
     def mixed_loss(self, videos: torch.Tensor | None, images: torch.Tensor | None, video_mask_ratio: float,
                    image_mask_ratio: float, tube: bool = False, video_noise: torch.Tensor | None = None,

@@ -13,7 +13,7 @@ a query equally, so zero is exact); experts are one module each (`moe_layer.expe
 them; heads are `head` (VideoMAE) or `head.video` / `head.image` (S4D), ours `head_dynamic` / `head_static`.
 
 Architectures are tried in the order of ARCHITECTURES; each has a detector and a converter. LGI-Former
-(MAE-DFER's released models) is detected and refused until its converter (s4d/models/lgi.py) plugs in there.
+(MAE-DFER's released models) converts through s4d/models/lgi.py.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from typing import Callable, Optional
 import torch
 
 from s4d.config import MoAEConfig, ModelConfig
+from s4d.models.lgi import MAEDFERError, convert_maedfer
 
 # Heads of the published ViT sizes (model name part, else encoder width): huge is 1280 wide with 16 heads.
 HEADS_BY_SIZE = {"small": 6, "base": 12, "large": 16, "huge": 16}
@@ -109,7 +110,8 @@ def is_plain_vit(p: Published) -> bool:
 
 # name -> (detector, converter); the first detector that matches decides. A converter of None is refused.
 ARCHITECTURES: dict[str, tuple[Callable[[Published], bool], Optional[Callable[[Published], Converted]]]] = {}
-SUPPORTED = "VideoMAE / MAE-DFER plain ViT (fine-tuned or pretrained) and S4D ViT-MoE (moe_adapters)"
+SUPPORTED = ("VideoMAE / MAE-DFER plain ViT (fine-tuned or pretrained), MAE-DFER LGI-Former (fine-tuned or "
+             "pretrained) and S4D ViT-MoE (moe_adapters)")
 
 
 def detect(p: Published) -> str:
@@ -326,9 +328,18 @@ def _decoder(rest: dict, cfg: ModelConfig, args: dict, refuse, sources: dict) ->
     return replace(cfg, decoder_dim=dec_dim, decoder_depth=dec_depth, decoder_heads=heads), out
 
 
+def convert_lgi(p: Published) -> Converted:
+    """MAE-DFER's released LGI-Former (fine-tuned or pretrained), through lgi.py's converter."""
+    try:
+        c = convert_maedfer(p.state_dict, p.args)
+    except MAEDFERError as e:
+        raise PublishedFormatError(f"{p.path}: {e}; supported: {SUPPORTED}") from None
+    return Converted("LGI-Former (MAE-DFER)", c.kind, c.model_config, c.num_dynamic_classes, 0, c.state_dict,
+                     sources={"model_config": "args (MAE-DFER run arguments)"})
+
+
 ARCHITECTURES.update({
-    # MAE-DFER's released LGI-Former: its converter plugs in here (s4d/models/lgi.py) once it exists.
-    "LGI-Former (MAE-DFER)": (is_lgi_former, None),
+    "LGI-Former (MAE-DFER)": (is_lgi_former, convert_lgi),
     "S4D ViT-MoE": (is_s4d_moe, convert_vit),
     "VideoMAE / MAE-DFER plain ViT": (is_plain_vit, convert_vit),
 })

@@ -215,7 +215,7 @@ def pretrain(params: Params, out_dir: Path = Path("artifacts/pretrain"), fresh: 
                          f"found {len(videos)} videos and {len(images)} images")
     total_steps = cfg.epochs * (video_steps + image_steps)
 
-    model = MaskedAutoencoder(model_cfg)
+    model = MaskedAutoencoder(model_cfg, cfg.target, cfg.motion_weight)
     bf16 = use_bf16(cfg.precision)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "token" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1 or "token" in n]
