@@ -30,8 +30,8 @@ import numpy as np
 import requests
 
 from benchmarks.common import save
-from serving.inference import encode_compact
-from serving.testing import (MEDIA, ServiceProcess, encode_video, make_checkpoint, plain_frames, store_model,
+from serving.inputs import encode_compact
+from tests.serving_helpers import (MEDIA, ServiceProcess, encode_video, make_checkpoint, plain_frames, store_model,
                              synthetic_face_frames, synthetic_face_image)
 
 CLIENTS = 8

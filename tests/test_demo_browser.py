@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.testing import (LABELS, ServiceProcess, encode_video, make_checkpoint, store_model, synthetic_face_frames,
+from serving_helpers import (LABELS, ServiceProcess, encode_video, make_checkpoint, store_model, synthetic_face_frames,
                              synthetic_face_image)
 
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"

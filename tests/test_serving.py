@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 import requests
 
-from serving.inference import (Predictor, ServingError, ServingSettings, ThreadTuner, as_pixels, decode_compact,
-                               decode_for_timeline, encode_compact, plan_segments)
-from serving.testing import (LABELS, ServiceProcess, bentoml_cli, encode_video, env_for, make_checkpoint,
+from serving.inference import Predictor, ThreadTuner
+from serving.inputs import ServingError, as_pixels, decode_compact, decode_for_timeline, encode_compact
+from serving.planning import plan_segments
+from serving.settings import ServingSettings
+from serving_helpers import (LABELS, ServiceProcess, bentoml_cli, encode_video, env_for, make_checkpoint,
                              plain_frames, store_model, synthetic_face_frames, synthetic_face_image,
                              unsupported_codec_avi, write_mp4v)
 
@@ -513,34 +515,40 @@ def test_oversized_chunked_upload_is_refused(server, files):
 
 def test_malformed_requests(server, files):
     r = requests.post(f"{server.url}/predict_video", files={"wrong_field": ("a.mp4", b"123")}, timeout=30)
-    assert r.status_code == 400 and "video" in r.text
+    assert r.status_code == 400 and "video" in r.text and r.json()["code"] == "bad_request"
     data = files["faces.mp4"].read_bytes()
-    malformed = [  # (kwargs, what the message must say): the framework cannot parse these; still a named 400
-        ({"data": b"x", "headers": {"Content-Type": "multipart/form-data"}}, "without a boundary"),
-        ({"files": {"video": ("a.mp4", data), "extra": ("b.mp4", data)}}, "could not be read"),
-        ({"data": {"video": "http://10.255.255.1/x.mp4"}}, "could not be read"),
+    malformed = [  # (kwargs, status, code, what the message must say): all named, none a 5xx
+        ({"data": b"x", "headers": {"Content-Type": "multipart/form-data"}}, 400, "bad_request", "without a boundary"),
+        ({"files": {"video": ("a.mp4", data), "extra": ("b.mp4", data)}}, 400, "bad_request", "could not be read"),
+        ({"data": {"video": "http://10.255.255.1/x.mp4"}}, 415, "bad_content_type", "multipart/form-data"),
+        ({"data": data, "headers": {"Content-Type": "video/mp4"}}, 415, "bad_content_type", "multipart/form-data"),
     ]
-    for kwargs, words in malformed:
+    for kwargs, status, code, words in malformed:
         r = requests.post(f"{server.url}/predict_video", timeout=60, **kwargs)
-        assert r.status_code == 400 and r.json()["code"] == "bad_request" and words in r.json()["error"], r.text
+        assert r.status_code == status and r.json()["code"] == code and words in r.json()["error"], r.text
         assert "-F video=@FILE" in r.json()["error"]
-    r = requests.post(f"{server.url}/predict_video", files={"video": ("x" * 300 + ".mp4", data)}, timeout=60)
-    assert r.status_code == 200, r.text  # a name too long for the file system is shortened, not a 500
+    r = requests.post(f"{server.url}/predict_video", files={"video": ("x" * 5000 + ".mp4", data)}, timeout=60)
+    assert r.status_code == 200, r.text  # the client's name is never used (the server names the upload)
     r = requests.post(f"{server.url}/classify_clips", json={"clips": np.zeros((1, 4, 64, 64, 3), int).tolist()},
                       timeout=30)
     assert r.status_code == 400 and "clips must have shape (B, 8, 64, 64, 3)" in r.text
+    assert r.json()["code"] == "bad_clips"
     r = requests.post(f"{server.url}/classify_clips", json={"clips": [[300]]}, timeout=30)
     assert r.status_code == 400 and "0..255" in r.text
 
 
-def test_clip_endpoints_agree(server):
+def test_clip_forms_agree(server):
+    """Nested lists, the compact form and one request per clip give the same probabilities."""
     clips = np.random.default_rng(0).integers(0, 256, (3, 8, 64, 64, 3), dtype=np.uint8)
     batched = requests.post(f"{server.url}/classify_clips", json={"clips": clips.tolist()}, timeout=60)
-    single = requests.post(f"{server.url}/classify_clips_unbatched", json={"clips": clips.tolist()}, timeout=60)
-    assert batched.status_code == single.status_code == 200, batched.text + single.text
+    assert batched.status_code == 200, batched.text
+    single = [requests.post(f"{server.url}/classify_clips", json={"clips": encode_compact(clips[i:i + 1])},
+                            timeout=60) for i in range(3)]
+    assert all(r.status_code == 200 for r in single), [r.text for r in single]
     compact = requests.post(f"{server.url}/classify_clips", json={"clips": encode_compact(clips)}, timeout=60)
     assert compact.status_code == 200, compact.text
-    a, b, c = np.array(batched.json()), np.array(single.json()), np.array(compact.json())
+    a, c = np.array(batched.json()), np.array(compact.json())
+    b = np.concatenate([np.array(r.json()) for r in single])
     assert a.shape == (3, len(LABELS)) and np.allclose(a.sum(1), 1, atol=1e-4)
     assert np.allclose(a, b, atol=1e-4) and np.allclose(a, c, atol=1e-4)
     bad = requests.post(f"{server.url}/classify_clips", json={"clips": {"shape": [1, 8, 64, 64, 3], "data": "AAAA"}},
@@ -557,7 +565,7 @@ def test_concurrent_burst(server, files):
     jobs = [("classify_clips", None, None, 200), ("predict_video", "video", "faces.mp4", 200),
             ("classify_clips", None, None, 200), ("predict_video", "video", "noise.mp4", 415),
             ("predict_image", "image", "still.png", 200), ("predict_video", "video", "faceless.mp4", 422),
-            ("classify_clips_unbatched", None, None, 200), ("predict_video", "video", "half.mp4", 422)]
+            ("classify_clips", None, None, 200), ("predict_video", "video", "half.mp4", 422)]
     results, problems = [], []
     stop = time.time() + 10
 

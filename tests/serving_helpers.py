@@ -1,7 +1,7 @@
-"""Helpers for tests and benchmarks of the service: a tiny model in an isolated BentoML store, a real
-`bentoml serve` subprocess (started, awaited, stopped by process group), and synthetic media.
+"""Helpers for the serving tests and benchmark (not part of the bento): a tiny model in an isolated
+BentoML store, a real `bentoml serve` subprocess (started, awaited, stopped by process group), and synthetic media.
 
-Nothing here is used by the service itself.
+Nothing here is used by the service itself; benchmarks import it as `tests.serving_helpers`.
 """
 from __future__ import annotations
 
