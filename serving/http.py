@@ -149,11 +149,25 @@ class RequestGuard:
                 declared = int(length)
             except ValueError:
                 return await refuse(ServingError("bad_request", f"Content-Length {length[:40]!r} is not a number"))
-            if declared > limit:
-                await _drain(receive, cap=min(declared, 4 * limit))
-                return await refuse(too_large(declared))
-            # within the limit (the HTTP server never passes more than the declared length): streamed
-            return await self.app(scope, receive, self._coded(scope, send, how))
+            if declared > limit:  # answered at once; what the client still sends is read and dropped
+                await refuse(too_large(declared))
+                return await _drain(receive, cap=min(declared, 4 * limit))
+            # within the limit (the HTTP server never passes more than the declared length): streamed,
+            # after a look at the first part's headers
+            first = await receive()
+            if first["type"] == "http.disconnect":
+                return
+            problem = _part_header_problem(first.get("body", b"")) if path in UPLOAD_ROUTES else None
+            if problem:
+                if first.get("more_body"):
+                    await _drain(receive, cap=declared)
+                return await refuse(ServingError("bad_request", f"{problem}; {how}"))
+            pending = [first]
+
+            async def receive_rest():
+                return pending.pop() if pending else await receive()
+
+            return await self.app(scope, receive_rest, self._coded(scope, send, how))
         chunks, total = [], 0
         while True:  # read the body here, counting: never more than `limit` bytes are held
             message = await receive()
@@ -162,13 +176,16 @@ class RequestGuard:
             body = message.get("body", b"")
             total += len(body)
             if total > limit:
-                await _drain(receive, cap=4 * limit)
-                return await refuse(too_large(total))
+                await refuse(too_large(total))
+                return await _drain(receive, cap=4 * limit)
             chunks.append(body)
             if not message.get("more_body"):
                 break
         whole = b"".join(chunks)
         chunks.clear()
+        problem = _part_header_problem(whole) if path in UPLOAD_ROUTES else None
+        if problem:
+            return await refuse(ServingError("bad_request", f"{problem}; {how}"))
         sent = False
 
         async def replay():
@@ -225,6 +242,21 @@ class RequestGuard:
         return send_coded
 
 
+MAX_PART_HEADER_LINE = 4096  # python-multipart refuses longer part header lines with a bare parse error
+
+
+def _part_header_problem(head: bytes) -> str | None:
+    """What is wrong with the first multipart part's header lines, when the parser would only say
+    "invalid multipart data" (a file name of thousands of characters)."""
+    end = head.find(b"\r\n\r\n")
+    lines = (head[:end] if end >= 0 else head).split(b"\r\n")
+    longest = max((len(line) for line in lines), default=0)
+    if longest > MAX_PART_HEADER_LINE:
+        return (f"a multipart part header line is {longest} bytes, above {MAX_PART_HEADER_LINE} (is the file "
+                f"name that long? the server does not use it: send a short one)")
+    return None
+
+
 def _message(parsed, body: bytes) -> str:
     """The framework's message; for a validation error, what each failing field says."""
     if isinstance(parsed, (list, tuple)) and len(parsed) == 1:
@@ -255,9 +287,9 @@ class QuietClientErrors(logging.Filter):
         from pydantic import ValidationError
         from starlette.requests import ClientDisconnect
 
-        if isinstance(exc, (ValidationError, ClientDisconnect)):
-            return False
-        status = getattr(getattr(exc, "error_code", None), "value", 500)
+        if isinstance(exc, (ValidationError, ClientDisconnect, UnicodeDecodeError, json.JSONDecodeError)):
+            return False  # (the last two: a form field holding text or bytes where the file should be)
+        status = getattr(getattr(exc, "error_code", None), "value", None) or getattr(exc, "status_code", 500)
         return not (isinstance(status, int) and status < 500)
 
 
@@ -273,8 +305,8 @@ async def _send_raw(send, status: int, body: bytes) -> None:
 
 
 async def _drain(receive, cap: int) -> None:
-    """Read and drop what the client is still sending (up to `cap` bytes), so it reads the answer
-    instead of a broken pipe."""
+    """After a refusal: read and drop what the client is still sending (up to `cap` bytes), so a client
+    that sends its whole body before reading gets the answer instead of a broken pipe."""
     seen = 0
     while seen < cap:
         message = await receive()

@@ -142,9 +142,11 @@ def read_upload_image(path: str | os.PathLike, settings: ServingSettings, name: 
     try:
         from PIL import Image
 
-        with Image.open(path) as im:  # the header: the original size for the answer
-            width, height = im.size
         image = read_image(path, max_pixels=settings.max_pixels, max_side=settings.max_side)
+        with Image.open(path) as im:  # the header (known to be within the limit): the original size
+            width, height = im.size
+            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF-rotated by a quarter turn
+                width, height = height, width
     except MediaError as e:
         raise ServingError.from_media(e, name) from None
     except Exception:  # noqa: BLE001 - PIL refusing the header is a damaged image
@@ -176,11 +178,13 @@ def as_pixels(array: Any) -> np.ndarray:
 
 def count_clips(value: Any, max_clips: int) -> None:
     """Refuse more than `max_clips` clips before any array is built (ValueError naming the cap)."""
+    count = None  # only what looks like a batch of clips is counted; other shapes are refused later
     if isinstance(value, Mapping):
         shape = value.get("shape")
-        count = shape[0] if isinstance(shape, (list, tuple)) and shape and isinstance(shape[0], int) else None
-    else:
-        count = len(value) if isinstance(value, (list, tuple)) else None
+        if isinstance(shape, (list, tuple)) and len(shape) == 5 and isinstance(shape[0], int):
+            count = shape[0]
+    elif isinstance(value, (list, tuple)) and value and isinstance(value[0], (list, tuple)):
+        count = len(value)
     if count is not None and count > max_clips:
         raise ValueError(f"too many clips: {count} in one request, at most {max_clips} (S4D_MAX_CLIPS); "
                          f"split the batch")
