@@ -166,7 +166,11 @@ class Predictor:
         self.img_size, self.num_frames = model.cfg.img_size, model.cfg.num_frames
         self.has_static = getattr(model, "head_static", None) is not None
         self.info = dict(info or {})
-        self.detector = detector or FaceDetector(self.settings.detector, device=str(self.device))
+        # Video: the detector sees frames at a reduced size (measured 2.2x faster at 320 than at 640 px on
+        # 2 cores; DFER faces are large). Images keep 640 px: a group photo's small faces must be found.
+        self.detector = detector or FaceDetector(self.settings.detector, device=str(self.device),
+                                                 max_side=self.settings.detect_side, min_face_size=24)
+        self.image_detector = detector or FaceDetector(self.settings.detector, device=str(self.device))
         self._lock = threading.Lock()
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         fixed = self.settings.torch_threads or (torch.get_num_threads() if self.device.type == "cuda" else 0)
@@ -240,7 +244,7 @@ class Predictor:
             return result
 
     def _detect(self, frames):
-        return self._with_detector(lambda: self.detector.detect(frames), len(frames))
+        return self._with_detector(lambda: self.image_detector.detect(frames), len(frames))
 
     def _track(self, frames):
         return self._with_detector(
@@ -261,6 +265,7 @@ class Predictor:
             for n in (1, 8):
                 self.classify_clips(np.zeros((n, self.num_frames, self.img_size, self.img_size, 3), np.uint8))
             self._detect([frame] * 4)
+            self._with_detector(lambda: self.detector.detect([frame] * 4), 4)
 
     def model_info(self) -> dict:
         return {**self.info, "labels": self.labels, "device": str(self.device),

@@ -34,6 +34,8 @@ class ServingSettings:
     detect_every: int = _env("S4D_DETECT_EVERY", 4, "run the face detector on every k-th sampled frame, track "
                                                   "in between (as preprocessing does)")
     detector: str = _env("S4D_FACE_DETECTOR", "mtcnn", "face detector backend: mtcnn | yunet")
+    detect_side: int = _env("S4D_DETECT_SIDE", 320, "video frames are downscaled to this long side (px) for "
+                            "face detection (faces smaller than 24 px there are not looked for); images use 640")
     max_side: int = _env("S4D_MAX_SIDE", 960, "decoded frames are downscaled to this long side (px)")
     device: str = _env("S4D_DEVICE", "auto", "auto (cuda if available) | cpu | cuda")
     bf16: str = _env("S4D_BF16", "auto", "auto (on CUDA with bf16 support) | on | off")
@@ -95,6 +97,7 @@ class ServingSettings:
         need(self.max_segments >= 1, "max_segments", "must be >= 1")
         need(self.detect_every >= 1, "detect_every", "must be >= 1")
         need(self.detector in ("mtcnn", "yunet"), "detector", "must be mtcnn or yunet")
+        need(self.detect_side >= 96, "detect_side", "must be >= 96")
         need(self.max_side >= 64, "max_side", "must be >= 64")
         need(self.device in ("auto", "cpu", "cuda"), "device", "must be auto, cpu or cuda")
         need(self.bf16 in ("auto", "on", "off"), "bf16", "must be auto, on or off")
