@@ -2,7 +2,7 @@
 
 1. End-to-end latency of a 10 s 640x360 video upload (p50 / p95 over --requests sequential requests),
    with the server's own split (decode / faces / model); the same for each real clip in ../shared/media.
-2. Decompression bombs and header lies (a 20000x20000 PNG of 0.4 MB, a JPEG header claiming
+2. Decompression bombs and header lies (a 20000x20000 PNG of 1.2 MB, a JPEG header claiming
    16000x16000, frames above the pixel budget): time to the refusal and the worker's peak RSS growth.
 3. Clips/s at /classify_clips under 8 concurrent clients, with adaptive batching and without (a second
    server with S4D_BATCH_MAX_SIZE=1: one model call per request of one clip), alternated over rounds;

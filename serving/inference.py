@@ -351,6 +351,7 @@ class Predictor:
         work, width, height, scale = read_upload_image(path, self.settings, name)
         dets = self._detect([work])[0]
         whole, box, score, found = False, None, None, len(dets)
+        others = [_box(b, scale, width, height) for b in dets.boxes]  # every face found, for the demo page
         area = work.shape[0] * work.shape[1]
         if len(dets):
             sizes = (dets.boxes[:, 2] - dets.boxes[:, 0]) * (dets.boxes[:, 3] - dets.boxes[:, 1])
@@ -368,6 +369,7 @@ class Predictor:
                          (np.clip(b[3], 0, work.shape[0]) - np.clip(b[1], 0, work.shape[0]))
                 if inside >= FACE_CROP_SHARE * area:
                     whole, box, score, face, found = True, b, float(dets.scores[0]), work, 1
+                    others = [_box(b, scale, width, height)]
             if not whole:
                 raise ServingError("no_face", f"{name}: no face found in the {width}x{height} image")
         t1 = time.perf_counter()
@@ -377,7 +379,7 @@ class Predictor:
         t2 = time.perf_counter()
         names = self.labels["static"]
         return {"kind": "image", "head": "static", **self._answer(probs, names), "labels": names,
-                "face": {"box": _box(box, scale, width, height), "score": round(score, 4),
+                "face": {"box": _box(box, scale, width, height), "score": round(score, 4), "boxes": others,
                          "whole_image": whole, "faces_found": found},
                 "image": {"width": width, "height": height},
                 "model": self._model_ref(),

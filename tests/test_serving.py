@@ -631,3 +631,119 @@ def test_bento_carries_the_model_and_serves(store, tmp_path):
         r = requests.post(f"{service.url}/classify_clips", json={"clips": clips}, timeout=60)
         assert r.status_code == 200 and len(r.json()[0]) == len(LABELS)
         assert requests.get(f"{service.url}/demo", timeout=5).status_code == 200
+
+
+# ------------------------------------------------------------------- limits, timing, boxes (no server)
+def test_timing_comes_from_timestamps_when_the_rate_is_high(tmp_path):
+    """1.5 s filmed at 1000 fps: 1.5 s and 2 segments (a header rate above the old 1000 fps cut-off used
+    to be replaced by 25 fps: 60 s and 30 segments)."""
+    path = encode_video(tmp_path / "fast.mp4", plain_frames(1.5, fps=1000.0, size=(64, 48)), fps=1000.0)
+    video = decode_for_timeline(path, 8, 2, ServingSettings())
+    assert video.total_frames == 1500 and video.fps == pytest.approx(1000.0, rel=0.01)
+    assert video.duration == pytest.approx(1.5, abs=0.01) and len(video.segments) == 2
+    assert video.segments[-1].t_end == pytest.approx(1.5, abs=0.01)
+    assert len(video.frames) == 16  # only the clips' frames were converted
+
+
+def test_frame_size_is_refused_from_the_header(tmp_path):
+    big = encode_video(tmp_path / "big.mkv", np.full((2, 1200, 1800, 3), 90, np.uint8), fps=10.0)
+    with pytest.raises(ServingError) as err:
+        decode_for_timeline(big, 8, 2, ServingSettings(max_pixels=2_000_000))
+    assert err.value.code == "too_large" and err.value.status == 413 and "1800x1200" in err.value.message
+
+
+def test_playlist_never_opens_the_file_it_lists(tmp_path):
+    """An HLS playlist naming a real face video on this disk is refused as not_media; so is a concat list.
+    The target itself decodes (it would have been analysed if FFmpeg had been given the playlist)."""
+    from s4d.data.media import read_video
+
+    target = encode_video(tmp_path / "target.mp4", plain_frames(2.0, fps=10.0), fps=10.0)
+    assert decode_for_timeline(target, 8, 2, ServingSettings()).total_frames == 20
+    lists = {"x.m3u8": f"#EXTM3U\n#EXT-X-TARGETDURATION:16\n#EXTINF:2.0,\n{target}\n#EXT-X-ENDLIST\n",
+             "x.ffconcat": f"ffconcat version 1.0\nfile '{target}'\n"}
+    for name, text in lists.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ServingError) as err:
+            decode_for_timeline(tmp_path / name, 8, 2, ServingSettings())
+        assert err.value.code == "not_media" and err.value.status == 415
+        with pytest.raises(Exception) as err:  # the offline reader refuses it the same way
+            read_video(tmp_path / name)
+        assert getattr(err.value, "code", None) == "not_media"
+
+
+def test_image_bombs_are_refused_before_decoding(tmp_path):
+    """A 20000x20000 PNG of 1.2 MB and a JPEG header claiming 16000x16000 are refused from the header:
+    well under a second and without allocating the picture (the test process would need 1.2 GB)."""
+    import resource
+
+    import cv2
+
+    from hostile_cases import jpeg_claiming, png_bomb
+    from serving.inputs import read_upload_image
+
+    still = cv2.imencode(".jpg", np.full((120, 160, 3), 128, np.uint8))[1].tobytes()
+    (tmp_path / "bomb.png").write_bytes(png_bomb(20000, 20000))
+    (tmp_path / "lie.jpg").write_bytes(jpeg_claiming(still, 16000, 16000))
+    assert (tmp_path / "bomb.png").stat().st_size < 1_500_000  # 1.2 GB of pixels in 1.2 MB
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for name in ("bomb.png", "lie.jpg"):
+        start = time.perf_counter()
+        with pytest.raises(ServingError) as err:
+            read_upload_image(tmp_path / name, ServingSettings())
+        assert time.perf_counter() - start < 1.0
+        assert err.value.code == "too_large" and err.value.status == 413 and "pixels" in err.value.message
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 200_000  # KB: no picture allocated
+
+
+def test_boxes_are_clipped_to_the_picture():
+    from serving.inference import _box
+
+    assert _box(np.array([-10.0, 5.0, 330.0, 400.0]), 0.5, 640, 360) == [0.0, 10.0, 640.0, 360.0]
+    assert _box(np.array([10.0, 20.0, 30.0, 40.0]), 1.0, 640, 360) == [10.0, 20.0, 30.0, 40.0]
+
+
+def test_overload_is_a_503_with_retry_after():
+    """The RequestGuard in front of a slow app: with S4D_MAX_PENDING=2, a third concurrent POST gets
+    503 `overloaded` with Retry-After at once; GET requests are never queued."""
+    import asyncio
+
+    from serving.http import Counters, RequestGuard
+
+    release = asyncio.Event()
+
+    async def slow_app(scope, receive, send):
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b"[]"})
+
+    counters = Counters()
+    guard = RequestGuard(slow_app, ServingSettings(max_pending=2), counters)
+
+    async def call(method="POST", path="/classify_clips"):
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": method, "path": path,
+                 "headers": [(b"content-type", b"application/json"), (b"content-length", b"2")]}
+        await guard(scope, receive, send)
+        return sent
+
+    async def scenario():
+        first = [asyncio.create_task(call()) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        third = await asyncio.wait_for(call(), timeout=2)
+        health = asyncio.create_task(call("GET", "/health"))
+        release.set()
+        return [await t for t in first], third, await health
+
+    first, third, health = asyncio.run(scenario())
+    assert third[0]["status"] == 503 and dict(third[0]["headers"])[b"retry-after"] == b"2"
+    body = json.loads(third[1]["body"])
+    assert body["code"] == "overloaded" and "S4D_MAX_PENDING" in body["error"]
+    assert [m[0]["status"] for m in first] == [200, 200] and health[0]["status"] == 200
+    assert counters.snapshot() == {"ok": 3, "client_error": 0, "server_error": 0, "overloaded": 1, "pending": 0}
