@@ -138,8 +138,9 @@ class S4DService:
         """Image upload -> SFER head on the largest face (or the whole picture if it is a face crop)."""
         return self._run(self.predictor.predict_image, image, "image")
 
-    @bentoml.api(route="/classify_clips", batchable=True, batch_dim=0, max_batch_size=SETTINGS.batch_max_size,
-                 max_latency_ms=SETTINGS.batch_max_latency_ms)
+    # S4D_BATCH_MAX_SIZE=1 turns adaptive batching off: one model call per request (the benchmark's baseline)
+    @bentoml.api(route="/classify_clips", batchable=SETTINGS.batch_max_size > 1, batch_dim=0,
+                 max_batch_size=max(2, SETTINGS.batch_max_size), max_latency_ms=SETTINGS.batch_max_latency_ms)
     def classify_clips(self, clips: Clips) -> np.ndarray:
         """(B, T, H, W, 3) uint8 aligned face crops -> (B, K) DFER probabilities; requests from many
         clients are merged into one model call (adaptive batching)."""

@@ -44,7 +44,8 @@ class ServingSettings:
     moae_full_capacity: bool = _env("S4D_MOAE_FULL_CAPACITY", True, "MoAE experts take every token routed to "
                                     "them (no capacity drop): a clip's answer never depends on the clips "
                                     "batched with it")
-    batch_max_size: int = _env("S4D_BATCH_MAX_SIZE", 32, "adaptive batching: most clips per model call")
+    batch_max_size: int = _env("S4D_BATCH_MAX_SIZE", 32, "adaptive batching: most clips per model call "
+                                 "(1 = no adaptive batching)")
     batch_max_latency_ms: int = _env("S4D_BATCH_MAX_LATENCY_MS", 30000,
                                      "adaptive batching: a queued clip older than this is refused (503)")
 

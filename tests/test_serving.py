@@ -527,8 +527,10 @@ def test_malformed_requests(server, files):
         r = requests.post(f"{server.url}/predict_video", timeout=60, **kwargs)
         assert r.status_code == status and r.json()["code"] == code and words in r.json()["error"], r.text
         assert "-F video=@FILE" in r.json()["error"]
-    r = requests.post(f"{server.url}/predict_video", files={"video": ("x" * 5000 + ".mp4", data)}, timeout=60)
+    r = requests.post(f"{server.url}/predict_video", files={"video": ("x" * 4000 + ".mp4", data)}, timeout=60)
     assert r.status_code == 200, r.text  # the client's name is never used (the server names the upload)
+    r = requests.post(f"{server.url}/predict_video", files={"video": ("x" * 5000 + ".mp4", data)}, timeout=60)
+    assert r.status_code == 400 and "file name" in r.json()["error"], r.text  # beyond the parser's header line
     r = requests.post(f"{server.url}/classify_clips", json={"clips": np.zeros((1, 4, 64, 64, 3), int).tolist()},
                       timeout=30)
     assert r.status_code == 400 and "clips must have shape (B, 8, 64, 64, 3)" in r.text
