@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from s4d.data.faces import FaceDetector, align_face, track_faces
-from s4d.data.loaders import MEAN, STD, spatial_crops
+from s4d.data.loaders import normalise, spatial_crops
 from s4d.models.checkpoint import build_model, read_checkpoint
 from serving.inputs import ServingError, decode_for_timeline, read_upload_image
 from serving.settings import ServingSettings
@@ -178,8 +178,6 @@ class Predictor:
         self._pool = ThreadPoolExecutor(max(1, cores), thread_name_prefix="s4d-model")
         if self.settings.moae_full_capacity:
             full_moae_capacity(self.model)
-        self._mean = torch.tensor(MEAN).view(3, 1, 1, 1)
-        self._std = torch.tensor(STD).view(3, 1, 1, 1)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, settings: ServingSettings | None = None,
@@ -203,8 +201,7 @@ class Predictor:
     def _normalise(self, crops: np.ndarray) -> torch.Tensor:
         """(T, S, S, 3) uint8 aligned crops -> (3, T, img, img) float, exactly as the loaders do."""
         frames = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2)
-        frames = spatial_crops(frames, self.img_size, 1)[0]
-        return (frames.permute(1, 0, 2, 3).float() / 255 - self._mean) / self._std
+        return normalise(spatial_crops(frames, self.img_size, 1)[0])
 
     def _probabilities(self, x: torch.Tensor, chunk: int = 32) -> np.ndarray:
         """Softmax probabilities for a (B, 3, T, H, W) or (B, 3, H, W) batch."""
@@ -373,8 +370,7 @@ class Predictor:
             if not whole:
                 raise ServingError("no_face", f"{name}: no face found in the {width}x{height} image")
         t1 = time.perf_counter()
-        x = spatial_crops(torch.from_numpy(np.ascontiguousarray(face)).permute(2, 0, 1)[None], self.img_size, 1)[0]
-        x = ((x.float() / 255 - self._mean[:, 0]) / self._std[:, 0])  # (1, 3, H, W)
+        x = self._normalise(face[None])[:, 0][None]  # (1, 3, H, W): a one-frame clip's frame
         probs = self._probabilities(x)[0]
         t2 = time.perf_counter()
         names = self.labels["static"]
@@ -401,8 +397,7 @@ class Predictor:
     def classify_clips(self, clips: np.ndarray) -> np.ndarray:
         """(B, T, H, W, 3) uint8 aligned face crops -> (B, K) DFER probabilities (float32)."""
         self.check_clips(clips)
-        x = torch.from_numpy(np.ascontiguousarray(clips)).permute(0, 4, 1, 2, 3).float()  # (B, 3, T, H, W)
-        x = (x / 255 - self._mean) / self._std
+        x = normalise(torch.from_numpy(np.ascontiguousarray(clips)).permute(0, 1, 4, 2, 3))  # (B, 3, T, H, W)
         return self._probabilities(x).astype(np.float32)
 
     def _model_ref(self) -> dict:
