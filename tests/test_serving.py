@@ -749,3 +749,16 @@ def test_overload_is_a_503_with_retry_after():
     assert body["code"] == "overloaded" and "S4D_MAX_PENDING" in body["error"]
     assert [m[0]["status"] for m in first] == [200, 200] and health[0]["status"] == 200
     assert counters.snapshot() == {"ok": 3, "client_error": 0, "server_error": 0, "overloaded": 1, "pending": 0}
+
+
+@real_media
+def test_real_boxes_stay_inside_the_frame(server):
+    """WolfgangLanger_Pexels.mp4 (640x360, 19.7 s): the face nears the bottom edge; every box is clipped
+    to the frame, the timing comes out right and every segment has the face."""
+    r = post_file(f"{server.url}/predict_video", "video", MEDIA / "WolfgangLanger_Pexels.mp4", timeout=300)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["video"]["duration"] == pytest.approx(19.69, abs=0.05) and answer["video"]["segments"] == 20
+    boxes = [f["box"] for f in answer["faces"] if f["box"] is not None]
+    assert len(boxes) >= 0.9 * len(answer["faces"])
+    assert all(0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 360 for x1, y1, x2, y2 in boxes)
