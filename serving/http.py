@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 
 from serving.inputs import ServingError
@@ -167,7 +168,9 @@ class RequestGuard:
             async def receive_rest():
                 return pending.pop() if pending else await receive()
 
-            return await self.app(scope, receive_rest, self._coded(scope, send, how))
+            texts: list[bool] = []
+            return await self.app(scope, _no_text_fields(receive_rest, UPLOAD_ROUTES[path], texts)
+                                  if path in UPLOAD_ROUTES else receive_rest, self._coded(scope, send, how, texts))
         chunks, total = [], 0
         while True:  # read the body here, counting: never more than `limit` bytes are held
             message = await receive()
@@ -186,6 +189,9 @@ class RequestGuard:
         problem = _part_header_problem(whole) if path in UPLOAD_ROUTES else None
         if problem:
             return await refuse(ServingError("bad_request", f"{problem}; {how}"))
+        texts: list[bool] = []
+        if path in UPLOAD_ROUTES:
+            whole = _rename_text_fields(whole, UPLOAD_ROUTES[path], texts)
         sent = False
 
         async def replay():
@@ -195,9 +201,9 @@ class RequestGuard:
                 return {"type": "http.request", "body": whole, "more_body": False}
             return await receive()  # after the body: wait for a disconnect, as the server would
 
-        await self.app(scope, replay, self._coded(scope, send, how))
+        await self.app(scope, replay, self._coded(scope, send, how, texts))
 
-    def _coded(self, scope, send, how: str | None = None):
+    def _coded(self, scope, send, how: str | None = None, texts: list | None = None):
         """`send`, except that an error answer without a `code` is rewritten as JSON with one (its message
         kept). A bare 500 on an upload route is the framework failing to parse the multipart body: a 400."""
         held: list[dict] = []
@@ -226,7 +232,11 @@ class RequestGuard:
                 return await send_error(send, ServingError(parsed["code"], parsed.get("error", ""), status)) \
                     if status == 503 else await _send_raw(send, status, body)
             message_text = _message(parsed, body)
-            if status == 500 and path in UPLOAD_ROUTES:
+            if texts and status == 400 and path in UPLOAD_ROUTES:
+                field = UPLOAD_ROUTES[path]
+                error = ServingError("bad_request", f"the form field '{field}' holds text (a URL?), not a file; "
+                                     f"the server never downloads anything: {how}")
+            elif status == 500 and path in UPLOAD_ROUTES:
                 error = ServingError("bad_request", f"the upload could not be read: {how}")
             elif status == 400 and "too many clips" in message_text:
                 error = ServingError("too_many_clips", message_text)
@@ -240,6 +250,42 @@ class RequestGuard:
             await send_error(send, error)
 
         return send_coded
+
+
+TEXT_FIELD_WINDOW = 64 * 1024  # bytes held back per chunk so a part header split across chunks is seen whole
+
+
+def _rename_text_fields(data: bytes, field: str, found: list) -> bytes:
+    """Rename a *text* form field named like the upload field (a part without a file name) to `_text`.
+    The framework would take its value as a URL and download it (memory and time unbounded, a request
+    to wherever the client says); renamed, it is an unknown field and the upload field is missing."""
+    pattern = re.compile(rb'(?i)(content-disposition:[^\r\n]*?\bname=)"' + field.encode() + rb'"(?![^\r\n]*filename)')
+    data, count = pattern.subn(rb'\1"_text"', data)  # same length: "video" / "image" -> "_text"
+    if count:
+        found.append(True)
+    return data
+
+
+def _no_text_fields(receive, field: str, found: list):
+    """`receive` with _rename_text_fields applied to the streamed body (the last TEXT_FIELD_WINDOW bytes of
+    each chunk wait for the next one, so a part header is never split)."""
+    carry = b""
+
+    async def receive_scanned():
+        nonlocal carry
+        message = await receive()
+        if message["type"] != "http.request":
+            return message
+        data = _rename_text_fields(carry + message.get("body", b""), field, found)
+        more = message.get("more_body", False)
+        if more:
+            cut = max(0, len(data) - TEXT_FIELD_WINDOW)
+            carry, data = data[cut:], data[:cut]
+        else:
+            carry = b""
+        return {"type": "http.request", "body": data, "more_body": more}
+
+    return receive_scanned
 
 
 MAX_PART_HEADER_LINE = 4096  # python-multipart refuses longer part header lines with a bare parse error

@@ -270,8 +270,12 @@ def cases(canary: Path) -> list[Case]:
     add(Case("video-extra-field", V, lambda files: {"files": {"video": ("a.mp4", files["faceless.mp4"]),
                                                               "other": ("b.bin", b"\xff\xfe\x00" * 100)}},
              422, "no_face"))  # an extra field is ignored
-    add(Case("video-text-field", V, lambda files: {"files": {"video": (None, "http://127.0.0.1/x.mp4")}}, 400,
-             "bad_request"))
+    for label, url in {"loopback": "http://127.0.0.1:9/x.mp4", "public": "http://93.184.215.14/x.mp4",
+                       "file": f"file://{canary}", "path": str(canary)}.items():  # never downloaded or opened
+        add(Case(f"video-text-field-{label}", V, lambda files, u=url: {"files": {"video": (None, u)}}, 400,
+                 "bad_request", words="holds text", tags={"canary"}))
+        add(Case(f"image-text-field-{label}", I, lambda files, u=url: {"files": {"image": (None, u)}}, 400,
+                 "bad_request", words="holds text"))
     add(Case("video-empty-multipart", V, _raw(b"", "multipart/form-data; boundary=abc"), 400, "bad_request"))
     add(Case("video-garbage-multipart", V, _raw(b"--abc\r\n\xff\xfe garbage", "multipart/form-data; boundary=abc"),
              400, "bad_request"))

@@ -5,7 +5,8 @@ Each answer must be the expected status with a JSON body carrying the expected `
 5xx; afterwards the same worker is alive, its peak RSS grew by less than a stated bound, /health
 counted the refusals, and the log holds no traceback (refusals are one WARNING line each). Playlists
 and concat lists point at a canary: a face video on the server's disk that the same server answers 200
-when it is uploaded itself, so a 415 for the playlist means the server never read it.
+when it is uploaded itself, so a 415 for the playlist means the server never read it. A form field
+holding a URL or path instead of a file is refused (the framework would download it).
 """
 from __future__ import annotations
 
@@ -126,10 +127,11 @@ def test_one_big_batch_does_not_fail_other_clients(hostile):
 def test_after_the_matrix(hostile):
     """Same worker, bounded memory, every refusal counted, one log line per refusal, no traceback."""
     service = hostile["service"]
-    assert len(hostile["answers"]) == len(CASES), "run the whole module: the matrix comes first"
+    if len(hostile["answers"]) != len(CASES):
+        pytest.skip("needs the whole hostile matrix in the same run (it comes first in this module)")
     assert not [c for c, s in hostile["answers"].items() if s >= 500]
-    canary = [c.id for c in CASES if "canary" in c.tags]
-    assert len(canary) >= 10 and all(hostile["answers"][c] == 415 for c in canary)
+    canary = [c for c in CASES if "canary" in c.tags]  # playlists, concat lists, text fields naming it
+    assert len(canary) >= 10 and all(hostile["answers"][c.id] == c.status < 500 for c in canary)
     assert hostile["answers"]["control-canary-direct"] == 200  # the canary is readable: 415 = never read
     health = requests.get(f"{service.url}/health", timeout=10).json()
     assert health["pid"] == hostile["pid"] and service.alive()
