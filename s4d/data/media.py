@@ -18,7 +18,6 @@ import os
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Union
 
 import cv2
@@ -174,11 +173,6 @@ def _check_file(path: str) -> None:
         raise MediaError("not_media", path, "not a regular file")
     if os.path.getsize(path) == 0:
         raise MediaError("empty", path, "the file is empty (0 bytes)")
-
-
-def _read_bytes(path: str | os.PathLike) -> bytes:
-    _check_file(os.fspath(path))
-    return Path(path).read_bytes()
 
 
 def _head(path: str) -> bytes:
