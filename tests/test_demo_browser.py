@@ -14,14 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.testing import (LABELS, ServiceProcess, encode_video, make_checkpoint, store_model, synthetic_face_frames,
+from serving_helpers import (LABELS, ServiceProcess, encode_video, make_checkpoint, store_model, synthetic_face_frames,
                              synthetic_face_image)
 
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
 CHROMIUM = os.environ.get("S4D_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-# app.js: PALETTE and the chart margins (CSS px)
+# app.js: the scored face's box colour, PALETTE and the chart margins (CSS px)
+SCORED = "#3457d5"
 PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#0fb5c9", "#f032e6"]
 MARGIN_TOP, MARGIN_BOTTOM, MARGIN_LEFT, MARGIN_RIGHT = 10, 28, 44, 12
 
@@ -82,6 +83,40 @@ def upload(page, server, path: Path, route: str) -> dict:
     return answer.value.json()
 
 
+def check_scored_box(page, element: str, box: list[float], width: int, height: int, tmp_path) -> None:
+    """The overlay shows the scored face's box where the answer puts it: SCORED-coloured pixels along
+    the box's left and bottom edges, mapped from picture pixels to the displayed (letterboxed) element."""
+    import cv2
+
+    page.wait_for_function("document.getElementById('overlay').dataset.boxes !== undefined", timeout=30_000)
+    png = page.locator("#overlay").screenshot(path=str(tmp_path / "overlay.png"))
+    image = cv2.cvtColor(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    el_w, el_h = page.evaluate(f"[document.querySelector('{element}').clientWidth, "
+                               f"document.querySelector('{element}').clientHeight]")
+    sy, sx = image.shape[0] / el_h, image.shape[1] / el_w  # device pixels per CSS pixel
+    scale = min(el_w / width, el_h / height)
+    ox, oy = (el_w - width * scale) / 2, (el_h - height * scale) / 2
+    x1, y1, x2, y2 = (ox + box[0] * scale, oy + box[1] * scale, ox + box[2] * scale, oy + box[3] * scale)
+    blue = np.abs(image.astype(int) - _rgb(SCORED)).max(axis=2) <= 40
+    left = blue[int(sy * (y1 + 0.3 * (y2 - y1))):int(sy * (y1 + 0.7 * (y2 - y1))),
+                max(0, int(sx * x1) - 3):int(sx * x1) + 4].any(axis=1)
+    bottom = blue[max(0, int(sy * y2) - 3):int(sy * y2) + 4,
+                  int(sx * (x1 + 0.3 * (x2 - x1))):int(sx * (x1 + 0.7 * (x2 - x1)))].any(axis=0)
+    assert left.size and left.mean() > 0.9, f"no scored box edge at x={x1:.0f}"
+    assert bottom.size and bottom.mean() > 0.9, f"no scored box edge at y={y2:.0f}"
+
+
+def test_busy_state_while_waiting(browser_page, server, face_video):
+    page = browser_page
+    page.goto(f"{server.url}/demo")
+    page.wait_for_function("document.getElementById('model').textContent.includes('s4d-champion')", timeout=30_000)
+    page.set_input_files("#file", str(face_video))
+    page.wait_for_function("document.body.dataset.state === 'busy'", timeout=10_000)
+    assert page.locator(".spinner").is_visible() and page.locator("#file").is_disabled()
+    page.wait_for_function("['done', 'error'].includes(document.body.dataset.state)", timeout=120_000)
+    assert not page.locator(".spinner").is_visible() and page.locator("#file").is_enabled()
+
+
 def test_video_upload_draws_the_timeline(browser_page, server, face_video, tmp_path):
     import cv2
 
@@ -133,6 +168,11 @@ def test_video_upload_draws_the_timeline(browser_page, server, face_video, tmp_p
     assert outside.sum() == 0
     errors = [m for m in page.messages[start:] if m.startswith(("error", "pageerror"))]
     assert not errors, errors
+    # the tracked face's box over the video at its first frame (the player starts at t = 0)
+    first = min(result["faces"], key=lambda f: f["t"])
+    if first["box"] is not None:
+        check_scored_box(page, "#player", first["box"], result["video"]["width"], result["video"]["height"],
+                         tmp_path)
 
 
 def test_image_upload_shows_bars_only(browser_page, server, tmp_path):
@@ -149,6 +189,23 @@ def test_image_upload_shows_bars_only(browser_page, server, tmp_path):
     assert result["kind"] == "image" and page.inner_text("#label") == result["label"]
     assert page.locator("#bars .row").count() == len(LABELS)
     assert page.locator("#timeline-card").is_hidden() and page.locator("#still").is_visible()
+    assert page.locator("#overlay").get_attribute("data-boxes") == str(result["face"]["faces_found"])
+    check_scored_box(page, "#still", result["face"]["box"], result["image"]["width"], result["image"]["height"],
+                     tmp_path)
+
+
+def test_group_photo_marks_the_scored_face(browser_page, server, tmp_path):
+    """Several faces: each gets a box, the scored one (the largest) is the marked one."""
+    if not (MEDIA / "multi_face.jpg").is_file():
+        pytest.skip(f"no {MEDIA / 'multi_face.jpg'}")
+    page = browser_page
+    result = upload(page, server, MEDIA / "multi_face.jpg", "/predict_image")
+    face = result["face"]
+    assert face["faces_found"] >= 2 and len(face["boxes"]) == face["faces_found"]
+    assert page.locator("#overlay").get_attribute("data-boxes") == str(face["faces_found"])
+    areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in face["boxes"]]
+    assert face["box"] == face["boxes"][int(np.argmax(areas))]
+    check_scored_box(page, "#still", face["box"], result["image"]["width"], result["image"]["height"], tmp_path)
 
 
 def test_bad_upload_shows_the_named_error(browser_page, server, tmp_path):

@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 import requests
 
-from serving.inference import (Predictor, ServingError, ServingSettings, ThreadTuner, as_pixels, decode_compact,
-                               decode_for_timeline, encode_compact, plan_segments)
-from serving.testing import (LABELS, ServiceProcess, bentoml_cli, encode_video, env_for, make_checkpoint,
+from serving.inference import Predictor, ThreadTuner
+from serving.inputs import ServingError, as_pixels, decode_compact, decode_for_timeline, encode_compact
+from serving.planning import plan_segments
+from serving.settings import ServingSettings
+from serving_helpers import (LABELS, ServiceProcess, bentoml_cli, encode_video, env_for, make_checkpoint,
                              plain_frames, store_model, synthetic_face_frames, synthetic_face_image,
                              unsupported_codec_avi, write_mp4v)
 
@@ -289,7 +291,7 @@ def test_save_to_store_contract(tmp_path):
 
 
 def test_model_tag_choice(tmp_path, monkeypatch):
-    from serving.store import model_tag
+    from s4d.registry import model_tag
 
     monkeypatch.delenv("S4D_MODEL_TAG", raising=False)
     assert model_tag() == "s4d-champion:latest"
@@ -513,34 +515,42 @@ def test_oversized_chunked_upload_is_refused(server, files):
 
 def test_malformed_requests(server, files):
     r = requests.post(f"{server.url}/predict_video", files={"wrong_field": ("a.mp4", b"123")}, timeout=30)
-    assert r.status_code == 400 and "video" in r.text
+    assert r.status_code == 400 and "video" in r.text and r.json()["code"] == "bad_request"
     data = files["faces.mp4"].read_bytes()
-    malformed = [  # (kwargs, what the message must say): the framework cannot parse these; still a named 400
-        ({"data": b"x", "headers": {"Content-Type": "multipart/form-data"}}, "without a boundary"),
-        ({"files": {"video": ("a.mp4", data), "extra": ("b.mp4", data)}}, "could not be read"),
-        ({"data": {"video": "http://10.255.255.1/x.mp4"}}, "could not be read"),
+    malformed = [  # (kwargs, status, code, what the message must say): all named, none a 5xx
+        ({"data": b"x", "headers": {"Content-Type": "multipart/form-data"}}, 400, "bad_request", "without a boundary"),
+        ({"files": {"video": ("a.mp4", data), "extra": ("b.mp4", data)}}, 400, "bad_request", "could not be read"),
+        ({"data": {"video": "http://10.255.255.1/x.mp4"}}, 415, "bad_content_type", "multipart/form-data"),
+        ({"data": data, "headers": {"Content-Type": "video/mp4"}}, 415, "bad_content_type", "multipart/form-data"),
     ]
-    for kwargs, words in malformed:
+    for kwargs, status, code, words in malformed:
         r = requests.post(f"{server.url}/predict_video", timeout=60, **kwargs)
-        assert r.status_code == 400 and r.json()["code"] == "bad_request" and words in r.json()["error"], r.text
+        assert r.status_code == status and r.json()["code"] == code and words in r.json()["error"], r.text
         assert "-F video=@FILE" in r.json()["error"]
-    r = requests.post(f"{server.url}/predict_video", files={"video": ("x" * 300 + ".mp4", data)}, timeout=60)
-    assert r.status_code == 200, r.text  # a name too long for the file system is shortened, not a 500
+    r = requests.post(f"{server.url}/predict_video", files={"video": ("x" * 4000 + ".mp4", data)}, timeout=60)
+    assert r.status_code == 200, r.text  # the client's name is never used (the server names the upload)
+    r = requests.post(f"{server.url}/predict_video", files={"video": ("x" * 5000 + ".mp4", data)}, timeout=60)
+    assert r.status_code == 400 and "file name" in r.json()["error"], r.text  # beyond the parser's header line
     r = requests.post(f"{server.url}/classify_clips", json={"clips": np.zeros((1, 4, 64, 64, 3), int).tolist()},
                       timeout=30)
     assert r.status_code == 400 and "clips must have shape (B, 8, 64, 64, 3)" in r.text
+    assert r.json()["code"] == "bad_clips"
     r = requests.post(f"{server.url}/classify_clips", json={"clips": [[300]]}, timeout=30)
     assert r.status_code == 400 and "0..255" in r.text
 
 
-def test_clip_endpoints_agree(server):
+def test_clip_forms_agree(server):
+    """Nested lists, the compact form and one request per clip give the same probabilities."""
     clips = np.random.default_rng(0).integers(0, 256, (3, 8, 64, 64, 3), dtype=np.uint8)
     batched = requests.post(f"{server.url}/classify_clips", json={"clips": clips.tolist()}, timeout=60)
-    single = requests.post(f"{server.url}/classify_clips_unbatched", json={"clips": clips.tolist()}, timeout=60)
-    assert batched.status_code == single.status_code == 200, batched.text + single.text
+    assert batched.status_code == 200, batched.text
+    single = [requests.post(f"{server.url}/classify_clips", json={"clips": encode_compact(clips[i:i + 1])},
+                            timeout=60) for i in range(3)]
+    assert all(r.status_code == 200 for r in single), [r.text for r in single]
     compact = requests.post(f"{server.url}/classify_clips", json={"clips": encode_compact(clips)}, timeout=60)
     assert compact.status_code == 200, compact.text
-    a, b, c = np.array(batched.json()), np.array(single.json()), np.array(compact.json())
+    a, c = np.array(batched.json()), np.array(compact.json())
+    b = np.concatenate([np.array(r.json()) for r in single])
     assert a.shape == (3, len(LABELS)) and np.allclose(a.sum(1), 1, atol=1e-4)
     assert np.allclose(a, b, atol=1e-4) and np.allclose(a, c, atol=1e-4)
     bad = requests.post(f"{server.url}/classify_clips", json={"clips": {"shape": [1, 8, 64, 64, 3], "data": "AAAA"}},
@@ -557,7 +567,7 @@ def test_concurrent_burst(server, files):
     jobs = [("classify_clips", None, None, 200), ("predict_video", "video", "faces.mp4", 200),
             ("classify_clips", None, None, 200), ("predict_video", "video", "noise.mp4", 415),
             ("predict_image", "image", "still.png", 200), ("predict_video", "video", "faceless.mp4", 422),
-            ("classify_clips_unbatched", None, None, 200), ("predict_video", "video", "half.mp4", 422)]
+            ("classify_clips", None, None, 200), ("predict_video", "video", "half.mp4", 422)]
     results, problems = [], []
     stop = time.time() + 10
 
@@ -623,3 +633,137 @@ def test_bento_carries_the_model_and_serves(store, tmp_path):
         r = requests.post(f"{service.url}/classify_clips", json={"clips": clips}, timeout=60)
         assert r.status_code == 200 and len(r.json()[0]) == len(LABELS)
         assert requests.get(f"{service.url}/demo", timeout=5).status_code == 200
+
+
+# ------------------------------------------------------------------- limits, timing, boxes (no server)
+def test_timing_comes_from_timestamps_when_the_rate_is_high(tmp_path):
+    """1.5 s filmed at 1000 fps: 1.5 s and 2 segments (a header rate above the old 1000 fps cut-off used
+    to be replaced by 25 fps: 60 s and 30 segments)."""
+    path = encode_video(tmp_path / "fast.mp4", plain_frames(1.5, fps=1000.0, size=(64, 48)), fps=1000.0)
+    video = decode_for_timeline(path, 8, 2, ServingSettings())
+    assert video.total_frames == 1500 and video.fps == pytest.approx(1000.0, rel=0.01)
+    assert video.duration == pytest.approx(1.5, abs=0.01) and len(video.segments) == 2
+    assert video.segments[-1].t_end == pytest.approx(1.5, abs=0.01)
+    assert len(video.frames) == 16  # only the clips' frames were converted
+
+
+def test_frame_size_is_refused_from_the_header(tmp_path):
+    big = encode_video(tmp_path / "big.mkv", np.full((2, 1200, 1800, 3), 90, np.uint8), fps=10.0)
+    with pytest.raises(ServingError) as err:
+        decode_for_timeline(big, 8, 2, ServingSettings(max_pixels=2_000_000))
+    assert err.value.code == "too_large" and err.value.status == 413 and "1800x1200" in err.value.message
+
+
+def test_playlist_never_opens_the_file_it_lists(tmp_path):
+    """An HLS playlist naming a real face video on this disk is refused as not_media; so is a concat list.
+    The target itself decodes (it would have been analysed if FFmpeg had been given the playlist)."""
+    from s4d.data.media import read_video
+
+    target = encode_video(tmp_path / "target.mp4", plain_frames(2.0, fps=10.0), fps=10.0)
+    assert decode_for_timeline(target, 8, 2, ServingSettings()).total_frames == 20
+    lists = {"x.m3u8": f"#EXTM3U\n#EXT-X-TARGETDURATION:16\n#EXTINF:2.0,\n{target}\n#EXT-X-ENDLIST\n",
+             "x.ffconcat": f"ffconcat version 1.0\nfile '{target}'\n"}
+    for name, text in lists.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ServingError) as err:
+            decode_for_timeline(tmp_path / name, 8, 2, ServingSettings())
+        assert err.value.code == "not_media" and err.value.status == 415
+        with pytest.raises(Exception) as err:  # the offline reader refuses it the same way
+            read_video(tmp_path / name)
+        assert getattr(err.value, "code", None) == "not_media"
+
+
+def test_image_bombs_are_refused_before_decoding(tmp_path):
+    """A 20000x20000 PNG of 1.2 MB and a JPEG header claiming 16000x16000 are refused from the header:
+    well under a second and without allocating the picture (the test process would need 1.2 GB)."""
+    import resource
+
+    import cv2
+
+    from hostile_cases import jpeg_claiming, png_bomb
+    from serving.inputs import read_upload_image
+
+    still = cv2.imencode(".jpg", np.full((120, 160, 3), 128, np.uint8))[1].tobytes()
+    (tmp_path / "bomb.png").write_bytes(png_bomb(20000, 20000))
+    (tmp_path / "lie.jpg").write_bytes(jpeg_claiming(still, 16000, 16000))
+    assert (tmp_path / "bomb.png").stat().st_size < 1_500_000  # 1.2 GB of pixels in 1.2 MB
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for name in ("bomb.png", "lie.jpg"):
+        start = time.perf_counter()
+        with pytest.raises(ServingError) as err:
+            read_upload_image(tmp_path / name, ServingSettings())
+        assert time.perf_counter() - start < 1.0
+        assert err.value.code == "too_large" and err.value.status == 413 and "pixels" in err.value.message
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 200_000  # KB: no picture allocated
+
+
+def test_boxes_are_clipped_to_the_picture():
+    from serving.inference import _box
+
+    assert _box(np.array([-10.0, 5.0, 330.0, 400.0]), 0.5, 640, 360) == [0.0, 10.0, 640.0, 360.0]
+    assert _box(np.array([10.0, 20.0, 30.0, 40.0]), 1.0, 640, 360) == [10.0, 20.0, 30.0, 40.0]
+
+
+def test_overload_is_a_503_with_retry_after():
+    """The RequestGuard in front of a slow app: with S4D_MAX_PENDING=2, a third concurrent POST gets
+    503 `overloaded` with Retry-After at once; GET requests are never queued."""
+    import asyncio
+
+    from serving.http import Counters, RequestGuard
+
+    release = asyncio.Event()
+
+    async def slow_app(scope, receive, send):
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b"[]"})
+
+    counters = Counters()
+    guard = RequestGuard(slow_app, ServingSettings(max_pending=2), counters)
+
+    async def call(method="POST", path="/classify_clips"):
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": method, "path": path,
+                 "headers": [(b"content-type", b"application/json"), (b"content-length", b"2")]}
+        await guard(scope, receive, send)
+        return sent
+
+    async def scenario():
+        first = [asyncio.create_task(call()) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        third = await asyncio.wait_for(call(), timeout=2)
+        health = asyncio.create_task(call("GET", "/health"))
+        release.set()
+        return [await t for t in first], third, await health
+
+    first, third, health = asyncio.run(scenario())
+    assert third[0]["status"] == 503 and dict(third[0]["headers"])[b"retry-after"] == b"2"
+    body = json.loads(third[1]["body"])
+    assert body["code"] == "overloaded" and "S4D_MAX_PENDING" in body["error"]
+    assert [m[0]["status"] for m in first] == [200, 200] and health[0]["status"] == 200
+    assert counters.snapshot() == {"ok": 3, "client_error": 0, "server_error": 0, "overloaded": 1, "pending": 0}
+
+
+@real_media
+def test_real_boxes_stay_inside_the_frame(server, tmp_path):
+    """WolfgangLanger_Pexels.mp4 (640x360), its first 11 s (the server's limit is 12 s): the face nears the
+    bottom edge; every box is clipped to the frame, the timing is right and every segment has the face."""
+    from s4d.data.media import read_video
+
+    video = read_video(MEDIA / "WolfgangLanger_Pexels.mp4", max_frames=264)  # 23.976 fps: 11.01 s
+    path = encode_video(tmp_path / "wolfgang11.mp4", video.frames, fps=video.fps)
+    r = post_file(f"{server.url}/predict_video", "video", path, timeout=300)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["video"]["duration"] == pytest.approx(11.01, abs=0.05) and answer["video"]["segments"] == 11
+    assert answer["video"]["segments_with_face"] == 11
+    boxes = [f["box"] for f in answer["faces"] if f["box"] is not None]
+    assert len(boxes) >= 0.9 * len(answer["faces"])
+    assert all(0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 360 for x1, y1, x2, y2 in boxes)

@@ -65,6 +65,13 @@ def list_frames(folder: Path) -> list[str]:
     return frames
 
 
+def normalise(frames: torch.Tensor) -> torch.Tensor:
+    """(..., T, C, H, W) uint8 frames -> (..., C, T, H, W) float with the ImageNet mean/std: what every model
+    input gets (training, evaluation and serving)."""
+    mean, std = torch.tensor(MEAN).view(3, 1, 1, 1), torch.tensor(STD).view(3, 1, 1, 1)
+    return (frames.transpose(-4, -3).float() / 255 - mean) / std
+
+
 def spatial_crops(frames: torch.Tensor, size: int, crops: int) -> list[torch.Tensor]:
     """Resize the short side to `size`, then 1 centre crop or 3 crops along the long side (multi-view)."""
     frames = T.functional.resize(frames, size, antialias=True)
@@ -129,7 +136,7 @@ class _FramesDataset(Dataset):
         return [x]
 
     def normalise(self, frames: torch.Tensor) -> torch.Tensor:
-        return (frames.permute(1, 0, 2, 3).float() / 255 - self.mean) / self.std
+        return normalise(frames)
 
 
 class ClipDataset(_FramesDataset):

@@ -8,6 +8,8 @@
   const color = (i) => (i < PALETTE.length ? PALETTE[i] : `hsl(${(i * 47) % 360}, 70%, 45%)`);
   const VIDEO_EXT = /\.(mp4|m4v|avi|mov|webm|mkv|mpg|mpeg|wmv|flv|gif)$/i;
   const IMAGE_EXT = /\.(jpe?g|png|bmp|webp|tiff?)$/i;
+  const SCORED = "#3457d5"; // the face the model scored
+  const OTHER = "#ffffff"; // other faces found (images)
   let current = null; // the last answer, for redraws (resize, video time cursor)
   let objectUrl = null;
 
@@ -49,6 +51,7 @@
     const form = new FormData();
     form.append(kind, file, file.name);
     setState("busy", `Analysing ${file.name} (${(file.size / 1048576).toFixed(1)} MiB)...`);
+    $("file").disabled = true;
     $("result").hidden = true;
     $("panels").hidden = true;
     const started = performance.now();
@@ -57,9 +60,11 @@
       response = await fetch(`/predict_${kind}`, { method: "POST", body: form });
       body = await response.json();
     } catch (e) {
+      $("file").disabled = false;
       setState("error", `The service did not answer: ${e}`, true);
       return;
     }
+    $("file").disabled = false;
     if (!response.ok) {
       const code = body && body.code ? body.code : response.status;
       setState("error", `${code}: ${body && body.error ? body.error : "request failed"}`, true);
@@ -78,6 +83,75 @@
     $("still").hidden = kind !== "image";
     if (kind === "video") $("player").src = objectUrl;
     else $("still").src = objectUrl;
+  }
+
+  // ------------------------------------------------------------------ face boxes over the media
+  // The part of the element the picture fills (object-fit: contain letterboxes it).
+  function contentRect(el, naturalW, naturalH) {
+    const w = el.clientWidth, h = el.clientHeight;
+    const scale = Math.min(w / naturalW, h / naturalH);
+    return { x: (w - naturalW * scale) / 2, y: (h - naturalH * scale) / 2, scale };
+  }
+
+  // The sampled frame nearest to time t (video answers hold one box per sampled frame).
+  function faceAt(r, t) {
+    let best = null;
+    for (const f of r.faces) if (best === null || Math.abs(f.t - t) < Math.abs(best.t - t)) best = f;
+    return best;
+  }
+
+  function drawBoxes(r) {
+    const canvas = $("overlay");
+    const el = r.kind === "video" ? $("player") : $("still");
+    const dpr = window.devicePixelRatio || 1;
+    const w = el.clientWidth, h = el.clientHeight;
+    canvas.width = Math.round(w * dpr);
+    canvas.height = Math.round(h * dpr);
+    canvas.style.width = `${w}px`;
+    canvas.style.height = `${h}px`;
+    const ctx = canvas.getContext("2d");
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, w, h);
+    const size = r.kind === "video" ? r.video : r.image;
+    if (!w || !h || !size.width) return;
+    const fit = contentRect(el, size.width, size.height);
+    const boxes = []; // [box, scored]
+    if (r.kind === "image") {
+      const scored = JSON.stringify(r.face.box);
+      for (const b of r.face.boxes || []) if (JSON.stringify(b) !== scored) boxes.push([b, false]);
+      boxes.push([r.face.box, true]);
+    } else {
+      const f = faceAt(r, r.kind === "video" ? $("player").currentTime || 0 : 0);
+      if (f && f.box) boxes.push([f.box, true]);
+    }
+    let drawn = 0;
+    for (const [b, scored] of boxes) {
+      if (!b) continue;
+      const x = fit.x + b[0] * fit.scale, y = fit.y + b[1] * fit.scale;
+      const bw = (b[2] - b[0]) * fit.scale, bh = (b[3] - b[1]) * fit.scale;
+      ctx.lineWidth = scored ? 3 : 1.5;
+      ctx.strokeStyle = scored ? SCORED : OTHER;
+      ctx.setLineDash(scored ? [] : [5, 4]);
+      ctx.strokeRect(x, y, bw, bh);
+      if (scored) {
+        ctx.setLineDash([]);
+        ctx.font = "12px system-ui, sans-serif";
+        const text = `scored: ${r.label}`;
+        const tw = ctx.measureText(text).width + 8;
+        ctx.fillStyle = SCORED;
+        ctx.fillRect(x, Math.max(0, y - 17), tw, 17);
+        ctx.fillStyle = "#ffffff";
+        ctx.textBaseline = "top";
+        ctx.textAlign = "left";
+        ctx.fillText(text, x + 4, Math.max(0, y - 17) + 2);
+      }
+      drawn += 1;
+    }
+    canvas.dataset.boxes = String(drawn);
+    const others = r.kind === "image" ? Math.max(0, (r.face.boxes || []).length - 1) : 0;
+    $("boxnote").textContent = r.kind === "image"
+      ? `Blue: the face the model scored` + (others ? `; dashed: ${others} other face(s) found.` : ".")
+      : "Blue: the tracked face the model scores, at the nearest sampled frame.";
   }
 
   function pct(p) { return `${(100 * p).toFixed(1)}%`; }
@@ -101,6 +175,10 @@
         (f.whole_image ? "whole picture used as the face" : `largest of ${f.faces_found} face(s)`) + ` - ${model}`;
     }
     drawBars(r);
+    const media = r.kind === "video" ? $("player") : $("still");
+    if (r.kind === "video") media.addEventListener("loadeddata", () => drawBoxes(r), { once: true });
+    else if (media.complete && media.naturalWidth) drawBoxes(r);
+    else media.addEventListener("load", () => drawBoxes(r), { once: true });
     $("timeline-card").hidden = r.kind !== "video";
     if (r.kind === "video") drawTimeline(r, null);
   }
@@ -228,8 +306,15 @@
     if (e.dataTransfer.files[0]) analyze(e.dataTransfer.files[0]);
   });
   $("player").addEventListener("timeupdate", () => {
-    if (current && current.kind === "video") drawTimeline(current, $("player").currentTime);
+    if (current && current.kind === "video") {
+      drawTimeline(current, $("player").currentTime);
+      drawBoxes(current);
+    }
   });
-  window.addEventListener("resize", () => { if (current && current.kind === "video") drawTimeline(current, null); });
+  window.addEventListener("resize", () => {
+    if (!current) return;
+    if (current.kind === "video") drawTimeline(current, null);
+    drawBoxes(current);
+  });
   loadModelInfo();
 })();

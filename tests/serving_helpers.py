@@ -1,7 +1,7 @@
-"""Helpers for tests and benchmarks of the service: a tiny model in an isolated BentoML store, a real
-`bentoml serve` subprocess (started, awaited, stopped by process group), and synthetic media.
+"""Helpers for the serving tests and benchmark (not part of the bento): a tiny model in an isolated
+BentoML store, a real `bentoml serve` subprocess (started, awaited, stopped by process group), and synthetic media.
 
-Nothing here is used by the service itself.
+Nothing here is used by the service itself; benchmarks import it as `tests.serving_helpers`.
 """
 from __future__ import annotations
 
@@ -67,9 +67,9 @@ def make_checkpoint(path: str | os.PathLike, profile=None, labels: list[str] | N
 
 def store_model(checkpoint: str | os.PathLike, home: str | os.PathLike, name: str = "s4d-champion",
                 metadata: dict | None = None) -> str:
-    """serving.store.save_to_store in a subprocess whose BentoML home is `home` (a process reads its
+    """s4d.registry.save_to_store in a subprocess whose BentoML home is `home` (a process reads its
     BentoML home once, so the caller's own store is never touched). Returns the tag."""
-    code = ("import json, sys; from serving.store import save_to_store; "
+    code = ("import json, sys; from s4d.registry import save_to_store; "
             "print(save_to_store(sys.argv[1], sys.argv[2], json.loads(sys.argv[3])))")
     out = subprocess.run([sys.executable, "-c", code, str(checkpoint), name, json.dumps(metadata or {})],
                          cwd=ROOT, env=env_for(home), capture_output=True, text=True, timeout=300)
