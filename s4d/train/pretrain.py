@@ -19,7 +19,6 @@ import math
 import os
 import random
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,8 @@ from s4d.data.manifest import read_manifest
 from s4d.models import MaskedAutoencoder
 from s4d.models.checkpoint import save_checkpoint
 from s4d.stage import load_stage_params, stage_parser
-from s4d.train.distributed import Dist, free_port, init_distributed, shutdown, use_bf16
+from s4d.train.distributed import Dist, init_distributed, shutdown, use_bf16
+from s4d.train.launch import relaunch, under_launcher
 
 PRETRAIN_AUGMENT = Augment(scale=(0.5, 1.0), flip=True, rand_augment=False, erase_prob=0.0)
 
@@ -324,11 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     args = stage_parser(__doc__).parse_args(argv)
     params = load_stage_params(args)
     nproc = params.pretrain.nproc_per_node
-    if nproc > 1 and "RANK" not in os.environ:  # not under a launcher yet: become one
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_port", str(free_port()), "-m", "s4d.train.pretrain",
-               "--params", args.params, *args.overrides]
-        return subprocess.call(cmd)
+    if nproc > 1 and not under_launcher():  # not under a launcher yet: become one (s4d.train.launch)
+        return relaunch("s4d.train.pretrain", ["--params", args.params, *args.overrides], nproc, params.launch)
     try:
         pretrain(params)
     except (FileNotFoundError, ValueError) as e:  # missing or empty prepared data: say so, no traceback
