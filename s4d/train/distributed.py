@@ -147,6 +147,11 @@ def restore_handlers(previous: dict) -> None:
         signal.signal(s, handler)
 
 
+def stop_signal() -> int:
+    """The signal that asked this process to stop (0: none); local, no collective."""
+    return _stop["signal"]
+
+
 def stop_requested() -> int:
     """The signal that asked any rank to stop (0: none). Collective, so that every rank stops at the same
     step: one rank's SIGTERM (its node's launcher was stopped) stops the whole job."""

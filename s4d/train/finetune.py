@@ -47,7 +47,7 @@ from s4d.data.manifest import read_manifest
 from s4d.models.checkpoint import CheckpointError, atomic_torch_save, init_classifier, save_checkpoint
 from s4d.models.classifier import S4DClassifier
 from s4d.train.distributed import (Stopped, all_reduce_sum, barrier, broadcast_object, gather_objects, rank,
-                                   stop_requested, use_bf16, world_size)
+                                   stop_requested, stop_signal, use_bf16, world_size)
 from s4d.train.launch import relaunch, run_worker, under_launcher
 from s4d.train.metrics import (class_names, classification_metrics, save_figure, write_csv, write_json,
                                atomic_write_text)
@@ -474,14 +474,22 @@ def load_resume_state(ckpt_dir: Path, inputs: dict) -> dict | None:
     return state
 
 
-def kill_hook(step: int) -> None:
-    """Test hook: S4D_KILL_AT_STEP=N[:RANK] kills this process (SIGKILL) right after step N, so that a
-    kill/resume test interrupts a run at a chosen point instead of racing a timer."""
-    spec = os.environ.get("S4D_KILL_AT_STEP")
-    if spec:
-        at, _, who = spec.partition(":")
-        if int(at) == step and int(who or 0) == rank():
-            os.kill(os.getpid(), signal.SIGKILL)
+def step_hook(step: int) -> None:
+    """Test hook, so that kill/stop tests act at a chosen step instead of racing a timer:
+    S4D_STEP_HOOK=N:kill[:RANK] kills the process (SIGKILL) right after step N; N:pause[:RANK] writes its
+    pid to the file S4D_HOOK_FILE and waits there until a signal asks it to stop."""
+    spec = os.environ.get("S4D_STEP_HOOK")
+    if not spec:
+        return
+    at, action, *who = spec.split(":")
+    if int(at) != step or int(who[0] if who else 0) != rank():
+        return
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "pause":
+        atomic_write_text(Path(os.environ["S4D_HOOK_FILE"]), f"{os.getpid()}\n")
+        while not stop_signal():
+            time.sleep(0.05)
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -677,13 +685,13 @@ def finetune(params: Params, out_dir: Path = Path("artifacts/finetune")) -> dict
                     step_log.writerow(row)
                     log_file.flush()
                 bar.set_postfix(task=task[:3], loss=f"{row['loss']:.3f}")
+                step_hook(step)
                 signum = stop_requested()
                 if signum or step % ft.checkpoint_every == 0:
                     checkpoint()
                 if signum:
                     raise Stopped(f"stopped by {signal.Signals(signum).name} at step {step} of {total_steps}; "
                                   f"checkpoint written to {ckpt_dir}: run the same command to resume")
-                kill_hook(step)
 
             # -------- validate, select, stop (every rank has the gathered metrics; rank 0 decides)
             val = {}
