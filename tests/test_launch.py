@@ -87,6 +87,14 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def survivors(pids: list[int], wait_s: float = 10.0) -> list[int]:
+    """The pids still alive after up to wait_s (data-loader processes notice a dead parent within seconds)."""
+    deadline = time.time() + wait_s
+    while [pid for pid in pids if alive(pid)] and time.time() < deadline:
+        time.sleep(0.1)
+    return [pid for pid in pids if alive(pid)]
+
+
 def start_paused(root: Path, out: str, step: int, *extra: str, new_session: bool = False):
     """A 2-rank fine-tune whose rank 0 waits after `step`; returns (launcher, its worker pids)."""
     hook = root / f"{out}.paused"
@@ -159,17 +167,14 @@ def test_sigterm_to_the_launcher_checkpoints_and_stops_every_worker(project):
     assert launcher.returncode == 128 + signal.SIGTERM, err
     assert "stopped by SIGTERM at step 5 of 12" in err
     assert (project / "term" / "checkpoints" / "latest").read_text().strip() == "step_00000005.pt"
-    assert not [pid for pid in workers if alive(pid)]
+    assert not survivors(workers)
 
 
 def test_kill_9_of_the_launchers_process_group_leaves_no_worker(project):
     launcher, workers = start_paused(project, "group", 2, new_session=True)
     os.killpg(launcher.pid, signal.SIGKILL)
     launcher.wait(timeout=30)
-    deadline = time.time() + 10
-    while [pid for pid in workers if alive(pid)] and time.time() < deadline:
-        time.sleep(0.1)
-    assert not [pid for pid in workers if alive(pid)]
+    assert not survivors(workers)
 
 
 def test_kill_9_of_the_launcher_alone_stops_its_workers(project):
@@ -177,10 +182,7 @@ def test_kill_9_of_the_launcher_alone_stops_its_workers(project):
     launcher, workers = start_paused(project, "orphans", 5)
     launcher.kill()
     launcher.wait(timeout=30)
-    deadline = time.time() + 120
-    while [pid for pid in workers if alive(pid)] and time.time() < deadline:
-        time.sleep(0.2)
-    assert not [pid for pid in workers if alive(pid)]
+    assert not survivors(workers, wait_s=120)
     assert (project / "orphans" / "checkpoints" / "latest").read_text().strip() == "step_00000005.pt"
 
 
@@ -212,3 +214,50 @@ def test_launcher_command_line_errors_are_one_line(project):
     assert proc.returncode == 2 and "--node_rank must be in 0..1, got 2" in proc.stderr
     proc = run_module("s4d.train.launch", "s4d.train.finetune", "launch.timeout_s=1", cwd=project)
     assert proc.returncode == 2 and "launch.timeout_s" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def node_cmd(node: int, port: int, out: str) -> list[str]:
+    return [sys.executable, "-m", "s4d.train.launch", "--nnodes", "2", "--node_rank", str(node),
+            "--master_addr", "127.0.0.1", "--master_port", str(port), "--nproc_per_node", "1",
+            "s4d.train.finetune", *RUN, "--out", out]
+
+
+def test_two_nodes_on_loopback_lose_a_node_exit_named_and_resume_exactly(project, two_ranks):
+    """Two launchers as two nodes (one rank each). Node 1 is killed (its whole process group) while its rank
+    waits after step 7: node 0 ends within 60 s naming its rank; restarting both resumes from step 6 and
+    ends with the weights of a single-node 2-process run."""
+    from s4d.train.distributed import free_port
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    hook = project / "nodes.paused"
+    port = free_port()
+    node0 = subprocess.Popen(node_cmd(0, port, "nodes"), cwd=project, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    node1 = subprocess.Popen(node_cmd(1, port, "nodes"), cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True,
+                             env={**env, "S4D_STEP_HOOK": "7:pause:1", "S4D_HOOK_FILE": str(hook)})
+    deadline = time.time() + 300
+    while not hook.exists():
+        assert node0.poll() is None and node1.poll() is None, (node0.communicate(), node1.communicate())
+        assert time.time() < deadline
+        time.sleep(0.2)
+    node0_workers = descendants(node0.pid)
+    os.killpg(node1.pid, signal.SIGKILL)
+    node1.wait(timeout=30)
+    lost = time.time()
+    _, err = node0.communicate(timeout=90)
+    assert time.time() - lost < 60
+    assert node0.returncode == 1, err
+    assert "rank 0 of 2 (node 0): a collective failed, another rank was lost" in err
+    assert "launch: node 0: rank 0" in err
+    assert not survivors(node0_workers)
+
+    port = free_port()
+    nodes = [subprocess.Popen(node_cmd(n, port, "nodes"), cwd=project, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for n in (0, 1)]
+    outs = [node.communicate(timeout=400) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outs
+    assert "resuming from step 6 of 12" in outs[0][0]
+    a, b = weights(two_ranks / "model.pt"), weights(project / "nodes" / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    pd.testing.assert_frame_equal(val_log(two_ranks), val_log(project / "nodes"))

@@ -394,11 +394,12 @@ def sharded_predict(model: S4DClassifier, dataset: Dataset, batch_size: int, wor
 
 
 # ------------------------------------------------------------------------------------------ resume
-def run_inputs(params: Params, model: S4DClassifier, world: int) -> dict:
+def run_inputs(params: Params, model: S4DClassifier, world: int, rows: list[pd.DataFrame]) -> dict:
     """What a resumable checkpoint must match, as flat `key: value` pairs named like params.yaml keys: the
     model, the fine-tuning settings (not the process count, checkpoint cadence or loader workers: they do
     not change the result), the micro-batch cut (it decides the random draws), the model's state-dict
-    layout, the init checkpoint and the prepared data (manifest bytes, size and mtime of every sample).
+    layout, the init checkpoint and the data it reads (`rows`: the train and val rows, and the size and
+    mtime of each of their samples; test rows are never looked at here).
 
     Fine-tuning's resume is the cache this rule serves; DVC decides when the stage re-runs."""
     ft = to_dict(params.finetune)
@@ -407,19 +408,16 @@ def run_inputs(params: Params, model: S4DClassifier, world: int) -> dict:
     ft["micro_batch"] = params.finetune.micro_batch or f"0 (batch / {world} ranks)"
     data = params.data
     digest = hashlib.sha256()
-    for task in TASKS:
-        manifest = Path(data.prepared_dir) / f"{task}.csv"
-        if not manifest.is_file():
-            continue
-        digest.update(manifest.read_bytes())
-        for path in read_manifest(manifest)["path"]:
+    for table in rows:
+        digest.update(table.to_csv(index=False).encode())
+        for path in table["path"]:
             stat = os.stat(DATA_ROOT / path)
             digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
     init = params.finetune.init
     init_path = PRETRAIN_CHECKPOINT if init == "pretrain" else Path(init)
     inputs = {"profile": params.profile, "data.frame_stride": data.frame_stride,
               "data.balanced_sampling": data.balanced_sampling, "data.val_fraction": data.val_fraction,
-              "data.prepared (manifests and samples)": digest.hexdigest()[:16],
+              "data (train and val rows and samples)": digest.hexdigest()[:16],
               "finetune.init (file size and mtime)": (f"{init_path.stat().st_size}:{init_path.stat().st_mtime_ns}"
                                                       if init != "scratch" and init_path.is_file() else init),
               "model layout": hashlib.sha256(json.dumps(
@@ -477,7 +475,7 @@ def load_resume_state(ckpt_dir: Path, inputs: dict) -> dict | None:
 def step_hook(step: int) -> None:
     """Test hook, so that kill/stop tests act at a chosen step instead of racing a timer:
     S4D_STEP_HOOK=N:kill[:RANK] kills the process (SIGKILL) right after step N; N:pause[:RANK] writes its
-    pid to the file S4D_HOOK_FILE and waits there until a signal asks it to stop."""
+    pid to the file S4D_HOOK_FILE and waits there until a signal asks it to stop or the file is removed."""
     spec = os.environ.get("S4D_STEP_HOOK")
     if not spec:
         return
@@ -487,8 +485,9 @@ def step_hook(step: int) -> None:
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     elif action == "pause":
-        atomic_write_text(Path(os.environ["S4D_HOOK_FILE"]), f"{os.getpid()}\n")
-        while not stop_signal():
+        marker = Path(os.environ["S4D_HOOK_FILE"])
+        atomic_write_text(marker, f"{os.getpid()}\n")
+        while not stop_signal() and marker.exists():
             time.sleep(0.05)
 
 
@@ -571,7 +570,7 @@ def finetune(params: Params, out_dir: Path = Path("artifacts/finetune")) -> dict
 
     # -------- resume
     ckpt_dir = out_dir / "checkpoints"
-    inputs = run_inputs(params, model, world)
+    inputs = run_inputs(params, model, world, [*train_rows.values(), *val_rows.values()])
     state = load_resume_state(ckpt_dir, inputs)
     step, epochs_done, stale = 0, 0, 0
     best = {"metric": -math.inf, "epoch": 0, "val": None}
@@ -594,8 +593,11 @@ def finetune(params: Params, out_dir: Path = Path("artifacts/finetune")) -> dict
         if epoch_rows:
             write_epoch_logs(out_dir, step_rows, epoch_rows, load_rows)
 
+    saves: list[float] = []
+
     def checkpoint() -> None:
         """Every rank calls it (the expert counts are gathered); rank 0 writes."""
+        tick = time.time()
         partial_load = expert_load.reduced_state()
         if main_rank:
             save_resume_state(ckpt_dir, {
@@ -605,6 +607,7 @@ def finetune(params: Params, out_dir: Path = Path("artifacts/finetune")) -> dict
                 "load_rows": load_rows, "epoch_losses": dict(epoch_losses), "expert_load": partial_load},
                 ft.keep_last)
         barrier()
+        saves.append(time.time() - tick)
 
     # -------- loop
     log_file = open(out_dir / "train_log.csv", "a", newline="") if main_rank else None
@@ -751,6 +754,7 @@ def finetune(params: Params, out_dir: Path = Path("artifacts/finetune")) -> dict
         "steps_per_epoch": {"dynamic": dynamic_steps, "static": static_steps},
         "wall_time_s": time.time() - started,
         "resumed_from_step": state["step"] if state is not None else 0,
+        "checkpoints": {"saved": len(saves), "mean_s": float(np.mean(saves)) if saves else 0.0},
         "world_size": world,
         "device": str(device),
         "bf16": bf16,
