@@ -199,10 +199,10 @@ def test_distributed_evaluation_equals_one_process(project, one_rank):
     for task in ("dynamic", "static"):
         for key in ("uar", "war", "n", "per_class_recall"):
             assert sharded[task][key] == single[task][key], (task, key)
-        assert sharded[task]["loss"] == pytest.approx(single[task]["loss"], rel=1e-5)
+        assert sharded[task]["loss"] == pytest.approx(single[task]["loss"], rel=1e-4)
     scores = [pd.read_csv(project / d / "scores.csv") for d in ("eval1", "eval2")]
     assert scores[0]["id"].tolist() == scores[1]["id"].tolist()
-    pd.testing.assert_frame_equal(*scores, rtol=1e-5)
+    pd.testing.assert_frame_equal(*scores, rtol=1e-4, atol=1e-4)  # other batch compositions: float noise
     routing = [json.loads((project / d / "routing.json").read_text()) for d in ("eval1", "eval2")]
     assert routing[0]["tasks"]["dynamic"]["tokens"] == routing[1]["tasks"]["dynamic"]["tokens"] > 0
     assert routing[0]["tasks"]["dynamic"]["layers"][0]["top1_share"] == pytest.approx(
