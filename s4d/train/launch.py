@@ -187,7 +187,11 @@ def stage_params(args: list[str]):
             overrides.append(arg)
         elif arg.startswith("--"):
             skip = "=" not in arg  # another option's value follows (e.g. --out DIR)
-    return load_stage_params(argparse.Namespace(params=params_file, overrides=overrides))
+    try:
+        return load_stage_params(argparse.Namespace(params=params_file, overrides=overrides))
+    except SystemExit as e:  # the stage's one-line message, with the user-error status
+        print(e.code, file=sys.stderr)
+        sys.exit(2)
 
 
 def main(argv: list[str] | None = None) -> int:
