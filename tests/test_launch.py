@@ -228,7 +228,9 @@ def test_two_nodes_on_loopback_lose_a_node_exit_named_and_resume_exactly(project
     ends with the weights of a single-node 2-process run."""
     from s4d.train.distributed import free_port
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # One thread per rank, as the single-node launcher gives each of its 2 ranks on this machine: the same
+    # float summation order, so the same bits.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // 2))}
     hook = project / "nodes.paused"
     port = free_port()
     node0 = subprocess.Popen(node_cmd(0, port, "nodes"), cwd=project, env=env, stdout=subprocess.PIPE,
@@ -261,3 +263,12 @@ def test_two_nodes_on_loopback_lose_a_node_exit_named_and_resume_exactly(project
     a, b = weights(two_ranks / "model.pt"), weights(project / "nodes" / "model.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
     pd.testing.assert_frame_equal(val_log(two_ranks), val_log(project / "nodes"))
+
+
+def test_pretraining_with_nproc_2_runs_under_the_launcher(project):
+    """`pretrain.nproc_per_node=2` makes the plain stage command a launcher of 2 DeepSpeed ranks."""
+    proc = run_module("s4d.train.pretrain", *MICRO_MODEL, "pretrain.nproc_per_node=2", "pretrain.epochs=1",
+                      "pretrain.batch_size=4", "pretrain.image_batch_size=8", cwd=project, timeout=400)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((project / "artifacts" / "pretrain" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] > 0
