@@ -1,6 +1,8 @@
-"""Pretraining throughput under DeepSpeed and ZeRO optimizer-state memory per rank.
+"""Pretraining throughput under DeepSpeed and ZeRO optimizer-state memory per rank; fine-tuning step
+throughput on 1 vs 2 ranks and the cost of a resumable checkpoint.
 
-    python -m benchmarks.bench_train [--quick]
+    python -m benchmarks.bench_train [--quick]            # pretraining (MAE) engine figures
+    python -m benchmarks.bench_train --finetune [--quick]  # fine-tuning: the real command, 1 and 2 ranks
 
 Each configuration runs as real processes (torchrun for 2 ranks) on synthetic tensors, so the figures are
 the engine's, not the loader's (benchmarks/bench_data.py measures loading). Per configuration it prints
@@ -86,6 +88,51 @@ def run(profile: str, ranks: int, zero: int, precision: str, steps: int, batch: 
     return json.loads(line[len("RESULT "):])
 
 
+def finetune_run(profile: str, ranks: int, batch: int, micro: int) -> dict:
+    """The documented fine-tuning command on a micro dataset (12 clips: 8 train, one epoch, video-only);
+    clips/s is the median over the steps after the first, checkpoint seconds the mean per save."""
+    import tempfile
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from conftest import write_micro_dataset
+
+    with tempfile.TemporaryDirectory(prefix="bench-finetune-") as tmp:
+        write_micro_dataset(Path(tmp), n_videos=12, n_images=24)
+        args = [f"profile={profile}", "finetune.epochs=1", "finetune.static_share=0", f"finetune.batch_size={batch}",
+                f"finetune.micro_batch={micro}", f"finetune.nproc_per_node={ranks}", "finetune.checkpoint_every=1",
+                "data.workers=1", "data.val_fraction=0.2"]
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        out = subprocess.run([sys.executable, "-m", "s4d.train.finetune", *args, "--out", "ft"], cwd=tmp, env=env,
+                             capture_output=True, text=True)
+        if out.returncode:
+            raise RuntimeError(f"finetune {profile} ranks={ranks} failed:\n{out.stderr[-2000:]}")
+        import pandas as pd
+
+        steps = pd.read_csv(Path(tmp) / "ft" / "train_log.csv")
+        summary = json.loads((Path(tmp) / "ft" / "summary.json").read_text())
+    later = steps["clips_per_s"].iloc[1:] if len(steps) > 1 else steps["clips_per_s"]
+    return {"profile": profile, "ranks": ranks, "global_batch": batch, "micro_batch": micro, "steps": len(steps),
+            "clips_s": round(float(later.median()), 3), "checkpoint_s": round(summary["checkpoints"]["mean_s"], 3),
+            "checkpoints": summary["checkpoints"]["saved"]}
+
+
+def finetune_main(quick: bool) -> None:
+    grid = [("tiny", 1, 4, 2), ("tiny", 2, 4, 2)]
+    if not quick:
+        grid += [("base", 1, 2, 1), ("base", 2, 2, 1)]
+    results = [finetune_run(*config) for config in grid]
+    for r in results:
+        print(f"finetune {r['profile']:5s} ranks={r['ranks']} batch {r['global_batch']} (micro {r['micro_batch']}): "
+              f"{r['clips_s']:7.3f} clips/s, checkpoint {r['checkpoint_s']:.3f} s per save", flush=True)
+    ratios = {}
+    for profile in {r["profile"] for r in results}:
+        by_ranks = {r["ranks"]: r["clips_s"] for r in results if r["profile"] == profile}
+        ratios[profile] = round(by_ranks[2] / by_ranks[1], 3)
+        print(f"finetune {profile}: 2 ranks / 1 rank = {ratios[profile]:.2f}x")
+    print(f"written {save('train_finetune', {'finetune': results, 'ratio_2_over_1': ratios})}")
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         profile, zero, precision, steps, batch = sys.argv[2:7]
@@ -93,7 +140,11 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny profile only")
+    parser.add_argument("--finetune", action="store_true", help="fine-tuning figures instead of pretraining")
     args = parser.parse_args()
+    if args.finetune:
+        finetune_main(args.quick)
+        return
     # (profile, ranks, zero stage, precision, timed steps, per-rank batch)
     grid = [("tiny", 1, 2, "fp32", 5, 16), ("tiny", 1, 2, "bf16", 5, 16), ("tiny", 2, 2, "fp32", 5, 8),
             ("tiny", 2, 2, "bf16", 5, 8)]

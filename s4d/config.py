@@ -174,6 +174,10 @@ class FinetuneConfig:
     select_metric: str = rng("uar", choices=("uar", "war"))  # the val metric that picks the checkpoint
     precision: str = rng("auto", choices=("auto", "bf16", "fp32"))  # also used by evaluate
     seed: int = 0
+    nproc_per_node: int = rng(1, 1, 64)  # > 1: fine-tuning and evaluation start this many processes (s4d.train.launch)
+    micro_batch: int = rng(0, 0, 4096)  # most samples one forward takes (gradient accumulation); 0 = batch / ranks
+    checkpoint_every: int = rng(50, 1, 10**9)  # steps between resumable checkpoints (and one after each epoch)
+    keep_last: int = rng(2, 1, 1000)  # resumable checkpoints kept
 
 
 @dataclass
@@ -181,6 +185,13 @@ class EvaluateConfig:
     clips: int = rng(2, 1, 32)  # temporal views per video
     crops: int = rng(1, 1, 3)  # spatial views per clip (1 = centre; 3 = left/centre/right)
     batch_size: int = rng(16, 1, 4096)  # videos per forward (each with clips x crops views)
+
+
+@dataclass
+class LaunchConfig:
+    timeout_s: float = rng(60.0, 5.0, 86400.0)  # longest a rank waits in a collective (a lost node, a cut link)
+    grace_s: float = rng(120.0, 1.0, 86400.0)  # after SIGTERM, time the workers get to checkpoint before SIGKILL
+    socket_ifname: str = ""  # network interface for gloo/NCCL (GLOO_SOCKET_IFNAME); "" = their own choice
 
 
 @dataclass
@@ -204,6 +215,7 @@ class Params:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
 
     @property
     def model(self) -> ModelConfig:

@@ -1,16 +1,24 @@
-"""Process-group set-up for DeepSpeed: one process, several on one machine, or several machines.
+"""Process groups and the few collectives the training stages use.
 
-The same entry point serves all cases: under torchrun / the deepspeed launcher the rendezvous comes from
-the environment (RANK, WORLD_SIZE, MASTER_ADDR, ...); a plain `python -m` run gets a one-process group on
-a free local port. On CPU, DeepSpeed uses gloo and the shared-memory op is disabled (it would JIT-compile).
+One process, several on one machine, or several machines: the rendezvous comes from the environment that
+`s4d.train.launch` (or torchrun / the deepspeed launcher) sets (RANK, WORLD_SIZE, MASTER_ADDR, ...). Every
+collective is bounded by the timeout the launcher passes in S4D_DIST_TIMEOUT_S (params: launch.timeout_s),
+so a lost node or a cut link ends every rank instead of hanging it. Without a process group (a plain
+in-process call) the helpers below act as a world of one.
 """
 from __future__ import annotations
 
 import os
+import signal
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
+import torch.distributed as tdist
+
+TIMEOUT_ENV = "S4D_DIST_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def collective_timeout() -> timedelta:
+    return timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)))
+
+
+def _device(cuda: bool) -> torch.device:
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if cuda:
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
 def init_distributed() -> Dist:
     """Initialise (once) the DeepSpeed process group and return this process's place in it."""
     cuda = torch.cuda.is_available()
@@ -42,18 +62,113 @@ def init_distributed() -> Dist:
     import deepspeed
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False)
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if cuda:
-        torch.cuda.set_device(local_rank)
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    return Dist(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, device)
+    if not tdist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False,
+                                   timeout=collective_timeout())
+    device = _device(cuda)
+    return Dist(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), device)
+
+
+def init_process_group() -> Dist:
+    """A plain torch process group (fine-tuning, evaluation) when a launcher started this process with
+    WORLD_SIZE > 1; otherwise no group at all (a world of one)."""
+    cuda = torch.cuda.is_available()
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not tdist.is_initialized():
+        tdist.init_process_group("nccl" if cuda else "gloo", timeout=collective_timeout())
+    return Dist(rank(), world_size(), int(os.environ.get("LOCAL_RANK", 0)), _device(cuda))
 
 
 def shutdown() -> None:
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    if tdist.is_initialized():
+        tdist.destroy_process_group()
+
+
+def world_size() -> int:
+    return tdist.get_world_size() if tdist.is_initialized() else 1
+
+
+def rank() -> int:
+    return tdist.get_rank() if tdist.is_initialized() else 0
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over ranks, in place (and return it)."""
+    if world_size() > 1:
+        if tdist.get_backend() == "nccl" and not tensor.is_cuda:  # NCCL reduces device tensors only
+            tensor.copy_(all_reduce_sum(tensor.cuda()).cpu())
+        else:
+            tdist.all_reduce(tensor)
+    return tensor
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank `src`'s object on every rank (pickled; for decisions, small states and resume states)."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    tdist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def gather_objects(obj) -> list:
+    """Every rank's object, in rank order, on every rank."""
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size()
+    tdist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        tdist.barrier()
+
+
+# ---------------------------------------------------------------------------------------------- stop
+_stop = {"signal": 0}
+
+
+class Stopped(Exception):
+    """SIGTERM / SIGINT reached a rank: a checkpoint was written and the run stopped."""
+
+
+def install_stop_handler() -> dict:
+    """SIGTERM / SIGINT ask the training loop to checkpoint and stop at the next step boundary. Returns
+    the previous handlers (for restore_handlers)."""
+    def handler(signum, _frame):
+        _stop["signal"] = signum
+
+    _stop["signal"] = 0
+    return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+
+
+def restore_handlers(previous: dict) -> None:
+    for s, handler in previous.items():
+        signal.signal(s, handler)
+
+
+def stop_signal() -> int:
+    """The signal that asked this process to stop (0: none); local, no collective."""
+    return _stop["signal"]
+
+
+def stop_requested() -> int:
+    """The signal that asked any rank to stop (0: none). Collective, so that every rank stops at the same
+    step: one rank's SIGTERM (its node's launcher was stopped) stops the whole job."""
+    flag = torch.tensor([_stop["signal"]], dtype=torch.int64)
+    if world_size() > 1:
+        if tdist.get_backend() == "nccl":  # NCCL reduces device tensors only
+            flag = flag.cuda()
+        tdist.all_reduce(flag, op=tdist.ReduceOp.MAX)
+    return int(flag.item())
+
+
+def is_collective_failure(error: BaseException) -> bool:
+    """A collective that failed because a peer vanished, a link was cut or the timeout passed."""
+    text = str(error)
+    return isinstance(error, tdist.DistError) or any(
+        word in text for word in ("gloo", "Gloo", "NCCL", "Connection closed", "Connection reset", "Timed out",
+                                  "timed out", "Socket Timeout", "TCPStore"))
 
 
 def use_bf16(precision: str) -> bool:

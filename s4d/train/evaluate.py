@@ -26,8 +26,9 @@ from s4d.data.loaders import ClipDataset, ImageDataset
 from s4d.data.manifest import read_manifest
 from s4d.models.checkpoint import CheckpointError, build_model, read_checkpoint
 from s4d.models.classifier import S4DClassifier
-from s4d.train.distributed import use_bf16
-from s4d.train.finetune import DATA_ROOT, loader, pick_device, predict, task_metrics
+from s4d.train.distributed import barrier, gather_objects, rank, use_bf16
+from s4d.train.finetune import DATA_ROOT, pick_device, sharded_predict, task_metrics
+from s4d.train.launch import relaunch, run_worker, under_launcher
 from s4d.train.metrics import (fold_file, plot_confusion, predictions_table, summarise_folds, write_csv,
                                write_json, class_names)
 
@@ -71,6 +72,14 @@ class RoutingRecorder:
         paths, counts = torch.unique(top1, dim=0, return_counts=True)
         self.paths.update({tuple(p): int(c) for p, c in zip(paths.tolist(), counts.tolist())})
 
+    def reduce(self) -> None:
+        """Sum the counts of every rank's shard (a collective: every rank calls it)."""
+        parts = gather_objects((self.counts, self.per_class, self.paths, self.tokens))
+        self.counts = sum(p[0] for p in parts)
+        self.per_class = sum(p[1] for p in parts)
+        self.paths = sum((p[2] for p in parts), Counter())
+        self.tokens = sum(p[3] for p in parts)
+
     def summary(self) -> dict:
         def shares(counts: np.ndarray) -> list[float]:
             total = counts.sum()
@@ -100,12 +109,18 @@ def fold_of(rows: pd.DataFrame, default: int) -> int:
 
 def evaluate(params: Params, checkpoint: Path = Path("artifacts/finetune/model.pt"),
              out_dir: Path = Path("artifacts/eval")) -> dict:
-    """Evaluate `checkpoint` on the test splits; returns the dict written to `out_dir/metrics.json`."""
+    """Evaluate `checkpoint` on the test splits; returns the dict written to `out_dir/metrics.json`.
+
+    Under a launcher with several ranks, the samples are split over the ranks and gathered: the same
+    metrics as one process; rank 0 writes the files."""
     cfg, data = params.evaluate, params.data
     out_dir, checkpoint = Path(out_dir), Path(checkpoint)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in OUTPUTS:
-        (out_dir / name).unlink(missing_ok=True)
+    main_rank = rank() == 0
+    if main_rank:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name in OUTPUTS:
+            (out_dir / name).unlink(missing_ok=True)
+    barrier()
 
     ckpt = read_checkpoint(checkpoint)
     if ckpt["kind"] != "classifier":
@@ -150,12 +165,14 @@ def evaluate(params: Params, checkpoint: Path = Path("artifacts/finetune/model.p
         else:
             dataset = ImageDataset(test, DATA_ROOT, size, augment=None, crops=cfg.crops)
         recorder = RoutingRecorder(model, names)
-        labels, probs = predict(model, loader(dataset, cfg.batch_size, data.workers, device), device, bf16,
-                                recorder.update)
+        labels, probs = sharded_predict(model, dataset, cfg.batch_size, data.workers, device, bf16, recorder.update)
+        recorder.reduce()
         predicted = probs.argmax(axis=1)
         metrics = task_metrics(labels, probs, names)
         results[task] = {k: metrics[k] for k in ("uar", "war", "per_class_recall", "n", "loss")}
         routing["tasks"][task] = recorder.summary()
+        if not main_rank:
+            continue
 
         suffix = SUFFIX[task]
         write_csv(out_dir / f"predictions{suffix}.csv", predictions_table(labels, predicted, names))
@@ -173,10 +190,12 @@ def evaluate(params: Params, checkpoint: Path = Path("artifacts/finetune/model.p
               "views": {"clips": cfg.clips, "crops": cfg.crops}}
     if "static" in results:
         report["static_dataset"] = data.static.reader
-    write_json(out_dir / "metrics.json", report)
-    write_json(out_dir / "routing.json", routing)
-    write_json(fold_file(out_dir / "folds", fold), report)
-    write_json(out_dir / "folds_summary.json", summarise_folds(out_dir / "folds", data.dynamic.reader))
+    if main_rank:
+        write_json(out_dir / "metrics.json", report)
+        write_json(out_dir / "routing.json", routing)
+        write_json(fold_file(out_dir / "folds", fold), report)
+        write_json(out_dir / "folds_summary.json", summarise_folds(out_dir / "folds", data.dynamic.reader))
+    barrier()
     return report
 
 
@@ -187,14 +206,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", default="artifacts/finetune/model.pt",
                         help="classifier checkpoint (default: artifacts/finetune/model.pt)")
     parser.add_argument("--out", default="artifacts/eval", help="output folder (default: artifacts/eval)")
-    args = parser.parse_args(argv)
+    raw = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(raw)
     params = load_stage_params(args)
-    try:
-        report = evaluate(params, Path(args.checkpoint), Path(args.out))
-    except (EvaluateError, CheckpointError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
-    print(json.dumps({t: {k: report[t][k] for k in ("uar", "war", "n")} for t in ("dynamic", "static")
-                      if t in report}, indent=2))
+    if params.finetune.nproc_per_node > 1 and not under_launcher():  # the test views split over N processes
+        sys.exit(relaunch("s4d.train.evaluate", raw, params.finetune.nproc_per_node, params.launch))
+    code = run_worker(lambda: evaluate(params, Path(args.checkpoint), Path(args.out)),
+                        report=lambda report: print(json.dumps(
+                            {t: {k: report[t][k] for k in ("uar", "war", "n")} for t in ("dynamic", "static")
+                             if t in report}, indent=2)),
+                        user_errors=(EvaluateError, CheckpointError, FileNotFoundError))
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

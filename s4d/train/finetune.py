@@ -17,9 +17,12 @@ expert_load.csv (per epoch, task, MoAE layer and expert), curves.png, init_repor
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
+import os
 import random
+import signal
 import sys
 import time
 from collections import Counter, defaultdict
@@ -34,16 +37,18 @@ from timm.data.mixup import mixup_target
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from s4d.config import FinetuneConfig, InputError, Params, to_dict
 from s4d.data.loaders import Augment, ClipDataset, ImageDataset, balanced_sampler
 from s4d.data.manifest import read_manifest
-from s4d.models.checkpoint import CheckpointError, init_classifier, save_checkpoint
+from s4d.models.checkpoint import CheckpointError, atomic_torch_save, init_classifier, save_checkpoint
 from s4d.models.classifier import S4DClassifier
 from s4d.train.checkpoints import commit_outputs, staging_dir
-from s4d.train.distributed import use_bf16
+from s4d.train.distributed import (Stopped, all_reduce_sum, barrier, broadcast_object, gather_objects, rank,
+                                   stop_requested, stop_signal, use_bf16, world_size)
+from s4d.train.launch import relaunch, run_worker, under_launcher
 from s4d.train.metrics import (class_names, classification_metrics, save_figure, write_csv, write_json,
                                atomic_write_text)
 
@@ -245,17 +250,39 @@ class ExpertLoad:
             self.load[task][i] = load if prev is None else prev + load
             self.dropped[task][i] += int(layer.dropped)
 
-    def rows(self, epoch: int) -> list[dict]:
+    def reduced_state(self) -> dict:
+        """The counts so far summed over ranks (a collective: every rank calls it), as plain dicts."""
+        parts = gather_objects(({t: list(v) for t, v in self.load.items()}, dict(self.dropped)))
+        load: dict = {}
+        dropped: dict = {}
+        for part_load, part_dropped in parts:
+            for task, layers in part_load.items():
+                mine = load.setdefault(task, [None] * len(layers))
+                for i, counts in enumerate(layers):
+                    if counts is not None:
+                        mine[i] = counts if mine[i] is None else mine[i] + counts
+            for task, layers in part_dropped.items():
+                dropped[task] = [a + b for a, b in zip(dropped.get(task, [0] * len(layers)), layers)]
+        return {"load": load, "dropped": dropped}
+
+    def load_state(self, state: dict) -> None:
+        """Counts of a partly trained epoch, from a resume checkpoint."""
+        self.reset()
+        self.load.update(state["load"])
+        self.dropped.update(state["dropped"])
+
+    @staticmethod
+    def rows_of(state: dict, epoch: int, first_block: int) -> list[dict]:
         rows = []
         for task in TASKS:
-            for i, load in enumerate(self.load.get(task, [])):
+            for i, load in enumerate(state["load"].get(task, [])):
                 if load is None:
                     continue
                 total = float(load.sum())
                 for expert, count in enumerate(load):
-                    rows.append({"epoch": epoch, "task": task, "block": self.first_block + i, "expert": expert,
+                    rows.append({"epoch": epoch, "task": task, "block": first_block + i, "expert": expert,
                                  "share": float(count) / total if total else 0.0,
-                                 "dropped_share": self.dropped[task][i] / total if total else 0.0,
+                                 "dropped_share": state["dropped"][task][i] / total if total else 0.0,
                                  "assignments": int(count)})
         return rows
 
@@ -285,19 +312,222 @@ def plot_curves(steps: pd.DataFrame, epochs: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+# ------------------------------------------------------------------------------------- data parallel
+def step_chunks(batch_len: int, micro_batch: int, world: int) -> list[tuple[int, int]]:
+    """(start, stop) of the micro-batches a global batch is cut into; one forward each.
+
+    The cut depends on the global batch and `micro_batch` only, so with micro_batch set a run gives the
+    same result (to float tolerance) on any number of ranks: 1 rank accumulates all chunks, N ranks take
+    consecutive chunks each and sum their gradients. micro_batch=0 cuts the batch into one chunk per rank."""
+    size = micro_batch or max(1, math.ceil(batch_len / world))
+    return [(start, min(start + size, batch_len)) for start in range(0, batch_len, size)]
+
+
+def rank_chunks(chunks: list[tuple[int, int]], rank: int, world: int) -> list[tuple[int, int]]:
+    """This rank's consecutive share of a step's chunks (possibly none)."""
+    share = np.array_split(np.arange(len(chunks)), world)[rank]
+    return [chunks[i] for i in share]
+
+
+def rank_batches(keys: list, global_batch: int, micro_batch: int, rank: int, world: int) -> list[dict]:
+    """Per step of one task in an epoch: this rank's samples and chunks (chunk bounds are global offsets)."""
+    steps = []
+    for first in range(0, len(keys), global_batch):
+        batch = keys[first:first + global_batch]
+        mine = rank_chunks(step_chunks(len(batch), micro_batch, world), rank, world)
+        start = mine[0][0] if mine else 0
+        stop = mine[-1][1] if mine else 0
+        steps.append({"keys": batch[start:stop], "chunks": mine, "offset": start, "size": len(batch)})
+    return steps
+
+
+def reduce_gradients(model: torch.nn.Module) -> None:
+    """Sum the gradients over ranks (each rank's are already weighted by its share of the global batch).
+    A parameter keeps grad None only when no rank gave it one, as one process accumulating every chunk
+    would (AdamW then skips it, weight decay included)."""
+    if world_size() == 1:
+        return
+    params = list(model.parameters())
+    device = params[0].device
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
+                      for p in params])
+    all_reduce_sum(has)
+    all_reduce_sum(flat)
+    offset = 0
+    for p, present in zip(params, has.tolist()):
+        n = p.numel()
+        p.grad = flat[offset:offset + n].view_as(p).to(p.dtype) if present else None
+        offset += n
+
+
+def average_buffers(model: torch.nn.Module) -> None:
+    """Average the floating buffers (BatchNorm running statistics of the hmlp stem) over ranks after a
+    step, so every rank holds the same model. One process updates them once per chunk in turn, so with a
+    BatchNorm stem N ranks match it in the parameters but only approximately in these statistics."""
+    if world_size() == 1:
+        return
+    buffers = [b for b in model.buffers() if b.is_floating_point()]
+    if buffers:
+        flat = all_reduce_sum(torch.cat([b.reshape(-1).float() for b in buffers])) / world_size()
+        offset = 0
+        for b in buffers:
+            b.copy_(flat[offset:offset + b.numel()].view_as(b))
+            offset += b.numel()
+
+
+def sharded_predict(model: S4DClassifier, dataset: Dataset, batch_size: int, workers: int, device: torch.device,
+                    bf16: bool = False, on_batch: Callable[[torch.Tensor, int], None] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """predict() over a dataset whose samples are split into consecutive shards, one per rank, then
+    gathered in order on every rank: the same labels and probabilities as one process (up to the float
+    effects of other batch compositions)."""
+    world, me = world_size(), rank()
+    if world == 1:
+        return predict(model, loader(dataset, batch_size, workers, device), device, bf16, on_batch)
+    shard = np.array_split(np.arange(len(dataset)), world)[me].tolist()
+    part = (np.zeros(0, dtype=np.int64), None)
+    if shard:
+        part = predict(model, loader(Subset(dataset, shard), batch_size, workers, device), device, bf16, on_batch)
+    parts = [p for p in gather_objects(part) if p[1] is not None]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+# ------------------------------------------------------------------------------------------ resume
+def run_inputs(params: Params, model: S4DClassifier, world: int, rows: list[pd.DataFrame]) -> dict:
+    """What a resumable checkpoint must match, as flat `key: value` pairs named like params.yaml keys: the
+    model, the fine-tuning settings (not the process count, checkpoint cadence or loader workers: they do
+    not change the result), the micro-batch cut (it decides the random draws), the model's state-dict
+    layout, the init checkpoint and the data it reads (`rows`: the train and val rows, and the size and
+    mtime of each of their samples; test rows are never looked at here).
+
+    Fine-tuning's resume is the cache this rule serves; DVC decides when the stage re-runs."""
+    ft = to_dict(params.finetune)
+    for key in ("nproc_per_node", "checkpoint_every", "keep_last"):
+        ft.pop(key)
+    ft["micro_batch"] = params.finetune.micro_batch or f"0 (batch / {world} ranks)"
+    data = params.data
+    digest = hashlib.sha256()
+    for table in rows:
+        digest.update(table.to_csv(index=False).encode())
+        for path in table["path"]:
+            stat = os.stat(DATA_ROOT / path)
+            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    init = params.finetune.init
+    init_path = PRETRAIN_CHECKPOINT if init == "pretrain" else Path(init)
+    inputs = {"profile": params.profile, "data.frame_stride": data.frame_stride,
+              "data.balanced_sampling": data.balanced_sampling, "data.val_fraction": data.val_fraction,
+              "data (train and val rows and samples)": digest.hexdigest()[:16],
+              "finetune.init (file size and mtime)": (f"{init_path.stat().st_size}:{init_path.stat().st_mtime_ns}"
+                                                      if init != "scratch" and init_path.is_file() else init),
+              "model layout": hashlib.sha256(json.dumps(
+                  [[n, list(t.shape)] for n, t in model.state_dict().items()]).encode()).hexdigest()[:16]}
+    inputs |= {f"finetune.{k}": v for k, v in ft.items()}
+    inputs |= {f"models.{params.profile}.{k}": v for k, v in flatten(to_dict(params.model)).items()}
+    return inputs
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= flatten(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def changed_inputs(saved: dict, now: dict) -> list[str]:
+    """`key (saved -> now)` for every input that differs."""
+    return [f"{k} ({saved.get(k, 'absent')!r} -> {now.get(k, 'absent')!r})"
+            for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+
+
+def save_resume_state(ckpt_dir: Path, state: dict, keep_last: int) -> None:
+    """Rank 0: the state as step_<n>.pt (written beside, then renamed), then `latest` switched by a rename;
+    a kill at any point leaves `latest` naming a complete checkpoint. The last `keep_last` are kept."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    name = f"step_{state['step']:08d}.pt"
+    atomic_torch_save(state, ckpt_dir / name)
+    atomic_write_text(ckpt_dir / "latest", name + "\n")
+    for old in sorted(ckpt_dir.glob("step_*.pt"))[:-keep_last]:
+        old.unlink(missing_ok=True)
+
+
+def remove_resume_state(ckpt_dir: Path) -> None:
+    """Delete the resume files this stage wrote, entry by entry: the folder itself may be a user's mount
+    point or symlink, which is kept."""
+    for f in [*ckpt_dir.glob("step_*.pt"), ckpt_dir / "latest", ckpt_dir / "best.pt"]:
+        f.unlink(missing_ok=True)
+    if not ckpt_dir.is_symlink() and not os.path.ismount(ckpt_dir):
+        try:
+            ckpt_dir.rmdir()
+        except OSError:
+            pass  # other files in it are not ours to delete
+
+
+def load_resume_state(ckpt_dir: Path, inputs: dict) -> dict | None:
+    """Rank 0 reads the latest checkpoint and every rank receives it (nodes need no shared filesystem).
+    A checkpoint made with other inputs is refused, naming what changed."""
+    state, error = None, None
+    if rank() == 0 and (ckpt_dir / "latest").is_file():
+        path = ckpt_dir / (ckpt_dir / "latest").read_text().strip()
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        changed = changed_inputs(state["inputs"], inputs)
+        if changed:
+            state, error = None, (f"{ckpt_dir}: the unfinished run there was made with other inputs: "
+                                  f"{'; '.join(changed)}. Run with the same params to resume it, or delete "
+                                  f"{ckpt_dir} to start over")
+    state, error = broadcast_object((state, error))
+    if error:
+        raise FinetuneError(error)
+    return state
+
+
+def step_hook(step: int) -> None:
+    """Test hook, so that kill/stop tests act at a chosen step instead of racing a timer:
+    S4D_STEP_HOOK=N:kill[:RANK] kills the process (SIGKILL) right after step N; N:pause[:RANK] writes its
+    pid to the file S4D_HOOK_FILE and waits there until a signal asks it to stop or the file is removed."""
+    spec = os.environ.get("S4D_STEP_HOOK")
+    if not spec:
+        return
+    at, action, *who = spec.split(":")
+    if int(at) != step or int(who[0] if who else 0) != rank():
+        return
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "pause":
+        marker = Path(os.environ["S4D_HOOK_FILE"])
+        atomic_write_text(marker, f"{os.getpid()}\n")
+        while not stop_signal() and marker.exists():
+            time.sleep(0.05)
+
+
 # ---------------------------------------------------------------------------------------------- main
 def finetune(params: Params, out_dir: Path = Path("artifacts/finetune")) -> dict:
     """Fine-tune jointly (or video-only / vanilla, per params); returns the summary also written to
-    `out_dir/summary.json`."""
+    `out_dir/summary.json`.
+
+    Data parallel when a launcher started this process as one of several ranks (init_process_group):
+    every rank follows the same step plan and takes its share of each global batch. Resumable: a run
+    killed or stopped restarts from `out_dir/checkpoints/latest` and ends with the same weights; the
+    checkpoints are removed when the run finishes."""
     started = time.time()
     ft, cfg, data = params.finetune, params.model, params.data
     final_dir = Path(out_dir)
-    out_dir = staging_dir(final_dir)  # the previous run's outputs stay whole until this run has finished
+    main_rank = rank() == 0
+    world = world_size()
+    # Rank 0 writes this run's outputs into a staging folder: the previous run's outputs stay whole until this
+    # run has finished, then are replaced together (commit_outputs).
+    out_dir = staging_dir(final_dir) if main_rank else final_dir
+    barrier()
 
     random.seed(ft.seed)
-    np.random.seed(ft.seed)  # timm Mixup draws lambda and boxes from numpy's global generator
+    np.random.seed(ft.seed)
     torch.manual_seed(ft.seed)
     device = pick_device()
+    if device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
     bf16 = use_bf16(ft.precision)
 
     # -------- data (train and val rows only)
@@ -328,7 +558,6 @@ def finetune(params: Params, out_dir: Path = Path("artifacts/finetune")) -> dict
             val_sets["static"] = ImageDataset(val_rows["static"], DATA_ROOT, size, augment=None)
     draws = {task: EpochDraws(ds) for task, ds in train_sets.items()}
     batch = {"dynamic": ft.batch_size, "static": ft.image_batch_size}
-    val_loaders = {task: loader(ds, ft.batch_size, data.workers, device) for task, ds in val_sets.items()}
 
     dynamic_steps = math.ceil(len(train_sets["dynamic"]) / ft.batch_size)
     static_steps = static_steps_for(dynamic_steps, ft.static_share)
@@ -337,8 +566,9 @@ def finetune(params: Params, out_dir: Path = Path("artifacts/finetune")) -> dict
     # -------- model, optimiser, schedule
     model = S4DClassifier(cfg, len(names["dynamic"]), len(names["static"]) if use_static else 0)
     init_summary = initialise(model, ft.init)
-    print(init_summary)
-    atomic_write_text(out_dir / "init_report.txt", init_summary + "\n")
+    if main_rank:
+        print(init_summary)
+        atomic_write_text(out_dir / "init_report.txt", init_summary + "\n")
     model.to(device)
     lr = ft.base_lr * ft.batch_size / 256
     optimizer = build_optimizer(model, ft, lr)
@@ -349,20 +579,62 @@ def finetune(params: Params, out_dir: Path = Path("artifacts/finetune")) -> dict
     losses = {task: TaskLoss(ft, len(names[task])) for task in train_sets}
     expert_load = ExpertLoad(model)
 
-    # -------- loop
-    log_file = open(out_dir / "train_log.csv", "w", newline="")
-    step_log = csv.DictWriter(log_file, fieldnames=TRAIN_LOG_COLUMNS)
-    step_log.writeheader()
+    # -------- resume
+    ckpt_dir = final_dir / "checkpoints"  # stable across restarts, unlike the staging folder
+    inputs = run_inputs(params, model, world, [*train_rows.values(), *val_rows.values()])
+    state = load_resume_state(ckpt_dir, inputs)
+    step, epochs_done, stale = 0, 0, 0
+    best = {"metric": -math.inf, "epoch": 0, "val": None}
     step_rows: list[dict] = []
     epoch_rows: list[dict] = []
     load_rows: list[dict] = []
-    best = {"metric": -math.inf, "epoch": 0, "val": None}
-    stale, step, stopped_early = 0, 0, False
+    epoch_losses: dict = defaultdict(list)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, epochs_done, stale, best = state["step"], state["epochs_done"], state["stale"], state["best"]
+        step_rows, epoch_rows, load_rows = state["step_rows"], state["epoch_rows"], state["load_rows"]
+        epoch_losses.update(state["epoch_losses"])
+        if main_rank:
+            expert_load.load_state(state["expert_load"])
+            print(f"resuming from step {step} of {total_steps} ({ckpt_dir})", flush=True)
+    if main_rank:
+        write_csv(out_dir / "train_log.csv", pd.DataFrame(step_rows, columns=TRAIN_LOG_COLUMNS))
+        if epoch_rows:
+            write_epoch_logs(out_dir, step_rows, epoch_rows, load_rows)
+
+    saves: list[float] = []
+
+    def checkpoint() -> None:
+        """Every rank calls it (the expert counts are gathered); rank 0 writes."""
+        tick = time.time()
+        partial_load = expert_load.reduced_state()
+        if main_rank:
+            save_resume_state(ckpt_dir, {
+                "step": step, "epochs_done": epochs_done, "stale": stale, "best": best, "inputs": inputs,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "step_rows": step_rows, "epoch_rows": epoch_rows,
+                "load_rows": load_rows, "epoch_losses": dict(epoch_losses), "expert_load": partial_load},
+                ft.keep_last)
+        barrier()
+        saves.append(time.time() - tick)
+
+    # -------- loop
+    log_file = open(out_dir / "train_log.csv", "a", newline="") if main_rank else None
+    step_log = csv.DictWriter(log_file, fieldnames=TRAIN_LOG_COLUMNS) if main_rank else None
+    stopped_early = bool(epoch_rows) and stale >= ft.patience and epochs_done < ft.epochs
     try:
-        for epoch in range(1, ft.epochs + 1):
+        for epoch in range(epochs_done + 1, ft.epochs + 1):
+            if stopped_early:
+                break
             epoch_start = time.time()
             plan = step_plan(dynamic_steps, static_steps, ft.seed, epoch)
-            iterators = {}
+            position = step - (epoch - 1) * steps_per_epoch  # > 0 when resuming inside this epoch
+            if position == 0:
+                expert_load.reset()
+                epoch_losses = defaultdict(list)
+            per_step, iterators = {}, {}
             for stream, task in enumerate(train_sets, start=1):
                 draws[task].epoch = epoch
                 count = plan.count(task) * batch[task]
@@ -370,60 +642,88 @@ def finetune(params: Params, out_dir: Path = Path("artifacts/finetune")) -> dict
                     count = len(train_sets[task])  # one pass; the last batch may be short
                 labels = train_sets[task].labels if data.balanced_sampling else None
                 keys = epoch_draws(len(train_sets[task]), count, ft.seed, epoch, stream, labels)
-                iterators[task] = iter(loader(draws[task], batch[task], data.workers, device, sampler=keys))
+                shares = rank_batches(keys, batch[task], ft.micro_batch, rank(), world)[plan[:position].count(task):]
+                per_step[task] = iter(shares)
+                mine = [s["keys"] for s in shares if s["keys"]]
+                iterators[task] = iter(DataLoader(draws[task], batch_sampler=mine, num_workers=data.workers,
+                                                  pin_memory=device.type == "cuda")) if mine else iter(())
 
             model.train()
-            expert_load.reset()
-            epoch_losses: dict = defaultdict(list)
             tick = time.time()
-            bar = progress(plan, desc=f"epoch {epoch}/{ft.epochs}")
+            bar = progress(plan[position:], desc=f"epoch {epoch}/{ft.epochs}")
             for task in bar:
-                x, y = next(iterators[task])
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                x, target = losses[task].prepare(x, y)
-                scheduler.step_update(step + 1)
-                with autocast(device, bf16):
-                    logits = model(x)
-                task_loss = losses[task].criterion(logits.float(), target)
-                balance = model.balance_loss().float().to(device)
-                loss = task_loss + ft.balance_weight * balance
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"epoch {epoch} step {step + 1} ({task}): loss is {loss.item()}")
+                share = next(per_step[task])
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                scheduler.step_update(step + 1)
+                sums = torch.zeros(3, dtype=torch.float64)  # task loss, balance loss, total (batch-weighted)
+                if share["keys"]:
+                    x_all, y_all = next(iterators[task])
+                    for start, stop in share["chunks"]:
+                        lo, hi = start - share["offset"], stop - share["offset"]
+                        # Random draws (mixup, drop path, router noise) from the chunk's place in the global
+                        # batch: the same on any number of ranks, and replayed exactly on resume.
+                        chunk_seed = derived_seed(ft.seed, step + 1, start)
+                        torch.manual_seed(chunk_seed)
+                        np.random.seed(chunk_seed)
+                        x = x_all[lo:hi].to(device, non_blocking=True)
+                        y = y_all[lo:hi].to(device, non_blocking=True)
+                        x, target = losses[task].prepare(x, y)
+                        with autocast(device, bf16):
+                            logits = model(x)
+                        task_loss = losses[task].criterion(logits.float(), target)
+                        balance = model.balance_loss().float().to(device)
+                        loss = task_loss + ft.balance_weight * balance
+                        if not torch.isfinite(loss):
+                            raise FloatingPointError(f"epoch {epoch} step {step + 1} ({task}): loss is {loss.item()}")
+                        weight = (stop - start) / share["size"]
+                        (loss * weight).backward()
+                        sums += torch.tensor([task_loss.item(), balance.item(), loss.item()],
+                                             dtype=torch.float64) * weight
+                        expert_load.update(task)
+                reduce_gradients(model)
+                average_buffers(model)
+                all_reduce_sum(sums)
                 grad_norm = (float(torch.nn.utils.clip_grad_norm_(model.parameters(), ft.clip_grad))
                              if ft.clip_grad > 0 else math.nan)
                 optimizer.step()
                 step += 1
-                expert_load.update(task)
                 now = time.time()
-                row = {"epoch": epoch, "step": step, "task": task, "loss": task_loss.item(),
-                       "balance_loss": balance.item(), "total_loss": loss.item(),
+                row = {"epoch": epoch, "step": step, "task": task, "loss": sums[0].item(),
+                       "balance_loss": sums[1].item(), "total_loss": sums[2].item(),
                        "lr": max(g["lr"] for g in optimizer.param_groups), "grad_norm": grad_norm,
-                       "batch": len(x), "clips_per_s": len(x) / max(now - tick, 1e-9)}
+                       "batch": share["size"], "clips_per_s": share["size"] / max(now - tick, 1e-9)}
                 tick = now
-                step_log.writerow(row)
-                log_file.flush()
                 step_rows.append(row)
                 epoch_losses[task].append(row["loss"])
+                if main_rank:
+                    step_log.writerow(row)
+                    log_file.flush()
                 bar.set_postfix(task=task[:3], loss=f"{row['loss']:.3f}")
+                step_hook(step)
+                signum = stop_requested()
+                if signum or step % ft.checkpoint_every == 0:
+                    checkpoint()
+                if signum:
+                    raise Stopped(f"stopped by {signal.Signals(signum).name} at step {step} of {total_steps}; "
+                                  f"checkpoint written to {ckpt_dir}: run the same command to resume")
 
-            # -------- validate, select, stop
+            # -------- validate, select, stop (every rank has the gathered metrics; rank 0 decides)
             val = {}
-            for task, val_loader in val_loaders.items():
-                labels, probs = predict(model, val_loader, device, bf16)
+            for task, val_set in val_sets.items():
+                labels, probs = sharded_predict(model, val_set, ft.batch_size, data.workers, device, bf16)
                 val[task] = task_metrics(labels, probs, names[task])
             metric = val["dynamic"][ft.select_metric]
-            improved = metric > best["metric"]
+            improved = broadcast_object(metric > best["metric"])
             if improved:
-                best = {"metric": metric, "epoch": epoch, "val": val}
+                best = {"metric": metric, "epoch": epoch, "val": {t: _brief(m) for t, m in val.items()}}
                 stale = 0
-                save_checkpoint(out_dir / "model.pt", model, meta={
-                    "epoch": epoch, "select_metric": ft.select_metric,
-                    "val": {t: _brief(m) for t, m in val.items()},
-                    "labels": names, "label_sets": {t: str(m["label_set"].iloc[0]) for t, m in manifests.items()},
-                    "datasets": {t: getattr(data, t).reader for t in manifests},
-                    "init": init_summary, "params": to_dict(params)})
+                if main_rank:
+                    save_checkpoint(ckpt_dir / "best.pt", model, meta={
+                        "epoch": epoch, "select_metric": ft.select_metric,
+                        "val": {t: _brief(m) for t, m in val.items()},
+                        "labels": names, "label_sets": {t: str(m["label_set"].iloc[0]) for t, m in manifests.items()},
+                        "datasets": {t: getattr(data, t).reader for t in manifests},
+                        "init": init_summary, "params": to_dict(params)})
             else:
                 stale += 1
 
@@ -439,30 +739,34 @@ def finetune(params: Params, out_dir: Path = Path("artifacts/finetune")) -> dict
             epoch_row.update(lr=max(g["lr"] for g in optimizer.param_groups), best=bool(improved),
                              epoch_time_s=time.time() - epoch_start)
             epoch_rows.append(epoch_row)
-            load_rows += expert_load.rows(epoch)
-            verdict = "(best)" if improved else f"(no gain {stale}/{ft.patience})"
-            print(f"epoch {epoch}: train loss {epoch_row['train_loss']:.4f}  val UAR {val['dynamic']['uar']:.4f} "
-                  f"WAR {val['dynamic']['war']:.4f}  {verdict}", flush=True)
-
-            write_csv(out_dir / "val_log.csv", pd.DataFrame(epoch_rows))
-            write_csv(out_dir / "expert_load.csv", pd.DataFrame(
-                load_rows, columns=["epoch", "task", "block", "expert", "share", "dropped_share", "assignments"]))
-            plot_curves(pd.DataFrame(step_rows), pd.DataFrame(epoch_rows), out_dir / "curves.png")
-            if stale >= ft.patience:
-                stopped_early = epoch < ft.epochs
-                break
+            epoch_load = expert_load.reduced_state()
+            load_rows += ExpertLoad.rows_of(epoch_load, epoch, expert_load.first_block)
+            epochs_done = epoch
+            stopped_early = stale >= ft.patience and epoch < ft.epochs
+            if main_rank:
+                verdict = "(best)" if improved else f"(no gain {stale}/{ft.patience})"
+                print(f"epoch {epoch}: train loss {epoch_row['train_loss']:.4f}  val UAR {val['dynamic']['uar']:.4f} "
+                      f"WAR {val['dynamic']['war']:.4f}  {verdict}", flush=True)
+                write_epoch_logs(out_dir, step_rows, epoch_rows, load_rows)
+            expert_load.reset()
+            epoch_losses = defaultdict(list)
+            checkpoint()  # after validation: a resume never validates an epoch twice
     finally:
-        log_file.close()
+        if log_file is not None:
+            log_file.close()
 
     summary = {
         "best_epoch": best["epoch"],
         "select_metric": ft.select_metric,
-        "best": {t: _brief(m) for t, m in best["val"].items()},
+        "best": best["val"],
         "epochs_run": len(epoch_rows),
         "stopped_early": stopped_early,
         "steps": step,
         "steps_per_epoch": {"dynamic": dynamic_steps, "static": static_steps},
         "wall_time_s": time.time() - started,
+        "resumed_from_step": state["step"] if state is not None else 0,
+        "checkpoints": {"saved": len(saves), "mean_s": float(np.mean(saves)) if saves else 0.0},
+        "world_size": world,
         "device": str(device),
         "bf16": bf16,
         "lr": lr,
@@ -474,9 +778,21 @@ def finetune(params: Params, out_dir: Path = Path("artifacts/finetune")) -> dict
         "labels": names,
         "init": init_summary,
     }
-    write_json(out_dir / "summary.json", summary)
-    commit_outputs(out_dir, final_dir, tuple(sorted(OUTPUTS, key=lambda n: n in ("model.pt", "summary.json"))))
+    if main_rank:
+        # The selected model replaces the previous one only now that the run has finished.
+        os.replace(ckpt_dir / "best.pt", out_dir / "model.pt")
+        write_json(out_dir / "summary.json", summary)
+        commit_outputs(out_dir, final_dir, tuple(sorted(OUTPUTS, key=lambda n: n in ("model.pt", "summary.json"))))
+        remove_resume_state(ckpt_dir)  # it only serves to resume an unfinished run
+    barrier()
     return summary
+
+
+def write_epoch_logs(out_dir: Path, step_rows: list[dict], epoch_rows: list[dict], load_rows: list[dict]) -> None:
+    write_csv(out_dir / "val_log.csv", pd.DataFrame(epoch_rows))
+    write_csv(out_dir / "expert_load.csv", pd.DataFrame(
+        load_rows, columns=["epoch", "task", "block", "expert", "share", "dropped_share", "assignments"]))
+    plot_curves(pd.DataFrame(step_rows), pd.DataFrame(epoch_rows), out_dir / "curves.png")
 
 
 def _brief(m: dict) -> dict:
@@ -487,15 +803,20 @@ def _brief(m: dict) -> dict:
 def main(argv: list[str] | None = None) -> None:
     from s4d.stage import load_stage_params, stage_parser
 
-    parser = stage_parser("Fine-tune the classifier jointly on static and dynamic data (S4D).")
+    parser = stage_parser("Fine-tune the classifier jointly on static and dynamic data (S4D).\n\n"
+                          "finetune.nproc_per_node=N runs N data-parallel processes (s4d.train.launch); a killed\n"
+                          "or stopped run resumes from OUT/checkpoints when the same command runs again.")
     parser.add_argument("--out", default="artifacts/finetune", help="output folder (default: artifacts/finetune)")
-    args = parser.parse_args(argv)
+    raw = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(raw)
     params = load_stage_params(args)
-    try:
-        summary = finetune(params, Path(args.out))
-    except (FinetuneError, CheckpointError, FileNotFoundError, InputError) as e:
-        sys.exit(f"error: {e}")
-    print(json.dumps({k: summary[k] for k in ("best_epoch", "best", "epochs_run", "wall_time_s")}, indent=2))
+    if params.finetune.nproc_per_node > 1 and not under_launcher():
+        sys.exit(relaunch("s4d.train.finetune", raw, params.finetune.nproc_per_node, params.launch))
+    code = run_worker(lambda: finetune(params, Path(args.out)), report=lambda summary: print(json.dumps(
+        {k: summary[k] for k in ("best_epoch", "best", "epochs_run", "wall_time_s")}, indent=2)),
+        user_errors=(FinetuneError, CheckpointError, FileNotFoundError, InputError))
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,8 @@ from s4d.models.checkpoint import save_checkpoint
 from s4d.stage import load_stage_params, stage_parser
 from s4d.train.checkpoints import (OutOfSpace, ResumeRefused, claim, move_aside, own_entries, refusal,
                                    remove_all_own, remove_own, run_settings, settings_diff, write_failure)
-from s4d.train.distributed import Dist, free_port, init_distributed, shutdown, use_bf16
+from s4d.train.distributed import Dist, init_distributed, shutdown, use_bf16
+from s4d.train.launch import relaunch, under_launcher
 
 # Tests set it to kill the process (SIGKILL) right after the checkpoint of that step.
 KILL_AFTER_CHECKPOINT = int(os.environ.get("S4D_TEST_KILL_AFTER_CHECKPOINT", "0") or 0)
@@ -389,11 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     params = load_stage_params(args)
     nproc = params.pretrain.nproc_per_node
-    if nproc > 1 and "RANK" not in os.environ:  # not under a launcher yet: become one
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_port", str(free_port()), "-m", "s4d.train.pretrain",
-               "--params", args.params, *(["--fresh"] if args.fresh else []), *args.overrides]
-        return subprocess.call(cmd)
+    if nproc > 1 and not under_launcher():  # not under a launcher yet: become one (s4d.train.launch)
+        return relaunch("s4d.train.pretrain", ["--params", args.params, *(["--fresh"] if args.fresh else []),
+                                               *args.overrides], nproc, params.launch)
     try:
         pretrain(params, fresh=args.fresh)
     except ResumeRefused as e:  # the user decides: resume with the old settings or start fresh
