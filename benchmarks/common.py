@@ -77,20 +77,21 @@ def load() -> list[float]:
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, device: str = "cpu", rounds: int = 5) -> dict:
     """Achieved FLOP/s of an n^3 matmul (median and IQR over rounds): the peak MFU is measured against,
-    taken in the same run. n shrinks (by halves, down to 256) while one call takes over a second, so a dtype the
-    machine runs slowly (bf16 without AMX) is measured in seconds, not minutes."""
+    taken in the same run. The size grows from 256 by doubling up to n while one call takes under 0.25 s, so
+    a dtype the machine runs slowly (bf16 without AMX: ~25x slower here) is measured in seconds, not minutes."""
+    size = 256
     while True:
-        a = torch.randn(n, n, dtype=dtype, device=device)
-        b = torch.randn(n, n, dtype=dtype, device=device)
+        a = torch.randn(size, size, dtype=dtype, device=device)
+        b = torch.randn(size, size, dtype=dtype, device=device)
         start = time.perf_counter()
         a @ b
         _sync()
-        if time.perf_counter() - start < 1.0 or n <= 256:
+        if time.perf_counter() - start > 0.25 or size >= n:
             break
-        n //= 2
+        size *= 2
     seconds = interleaved({"mm": lambda: a @ b}, rounds=rounds, warmup=1)["mm"]
-    stats = quartiles([2 * n ** 3 / s / 1e9 for s in seconds])
-    return {"gflop_s": stats["median"], "q1": stats["q1"], "q3": stats["q3"], "n": n}
+    stats = quartiles([2 * size ** 3 / s / 1e9 for s in seconds])
+    return {"gflop_s": stats["median"], "q1": stats["q1"], "q3": stats["q3"], "n": size}
 
 
 def peaks(device: str = "cpu") -> dict:
