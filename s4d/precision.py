@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -88,7 +89,7 @@ def probe_matmul(n: int = 256, repeat: int = 2) -> dict:
 def _say_once(message: str) -> None:
     if message not in _printed:
         _printed.add(message)
-        print(message, flush=True)
+        print(message, file=sys.stderr, flush=True)  # stderr: stages print JSON on stdout
 
 
 def use_bf16(precision: str, device: torch.device | str = "cpu") -> bool:

@@ -36,6 +36,7 @@ from s4d.data.faces import FaceDetector, align_face, track_faces
 from s4d.data.loaders import MEAN, STD, clip_indices, spatial_crops
 from s4d.data.media import MAX_PIXELS, TIMEOUT_MS, MediaError, open_capture, read_image, read_media
 from s4d.models.checkpoint import build_model, read_checkpoint
+from s4d.precision import use_bf16 as measured_bf16
 from s4d.registry import label_names
 
 logger = logging.getLogger("s4d.serving")
@@ -67,7 +68,7 @@ class ServingSettings:
     detector: str = _env("S4D_FACE_DETECTOR", "mtcnn", "face detector backend: mtcnn | yunet")
     max_side: int = _env("S4D_MAX_SIDE", 960, "decoded frames are downscaled to this long side (px)")
     device: str = _env("S4D_DEVICE", "auto", "auto (cuda if available) | cpu | cuda")
-    bf16: str = _env("S4D_BF16", "auto", "auto (on CUDA with bf16 support) | on | off")
+    bf16: str = _env("S4D_BF16", "auto", "auto (CUDA with bf16, or a CPU measured faster in bf16) | on | off")
     torch_threads: int = _env("S4D_TORCH_THREADS", 0, "CPU threads per model/detector call; 0 = measure 1 vs all "
                                                      "cores per batch size and keep the faster (shared CPUs)")
     moae_full_capacity: bool = _env("S4D_MOAE_FULL_CAPACITY", True, "MoAE experts take every token routed to "
@@ -413,7 +414,7 @@ def use_bf16(setting: str, device: torch.device) -> bool:
         return True
     if setting == "off":
         return False
-    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return measured_bf16("auto", device)  # CUDA with bf16, or a CPU measured faster in bf16 (s4d.precision)
 
 
 class ThreadTuner:

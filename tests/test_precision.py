@@ -53,7 +53,7 @@ def test_auto_on_cpu_follows_the_hardware_and_is_cached_and_printed_once(cache_d
     assert cache[key]["bf16_speedup"] == pytest.approx(cache[key]["fp32_s"] / cache[key]["bf16_s"])
     assert choice == (cache[key]["bf16_speedup"] >= precision.BF16_MARGIN)
     assert precision.use_bf16("auto", "cpu") is choice
-    printed = capsys.readouterr().out.splitlines()
+    printed = capsys.readouterr().err.splitlines()
     assert len([line for line in printed if line.startswith("precision:")]) == 1
     assert ("bf16 autocast" if choice else "fp32") in printed[0] and "bf16 matmul" in printed[0]
 
@@ -85,7 +85,7 @@ def test_attention_choice_is_measured_and_cached(cache_dir, capsys):
     assert "attention cpu fp32 train 64x64/2" in key
     assert fused == (cache[key]["fused_s"] <= cache[key]["manual_s"])
     assert precision.use_fused_attention(64, 64, 2, bf16=False, train=True, device="cpu") is fused
-    assert capsys.readouterr().out.count("attention cpu fp32 train") == 1
+    assert capsys.readouterr().err.count("attention cpu fp32 train") == 1
 
 
 def test_one_switch_selects_the_kernel_and_both_compute_the_same(monkeypatch):
