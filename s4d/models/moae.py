@@ -3,7 +3,7 @@
 Block: x = x + attn(LN1 x); h = LN2 x; x = x + FFN(h) + MoAE(h).
 Module and parameter names follow the published S4D checkpoints (`moe_layer.router.topkroute_linear`,
 `moe_layer.router.noise_linear`, `moe_layer.experts.*`), except that the experts are stored stacked
-(E, out, in); each expert runs on exactly the tokens routed to it; checkpoint.py converts to and from per-expert keys.
+(E, out, in) so dispatch is one batched matmul; checkpoint.py converts to and from per-expert keys.
 """
 from __future__ import annotations
 
@@ -72,15 +72,6 @@ class AdapterExperts(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x)))
 
-    def grouped(self, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        """x: (sum(counts), dim) rows grouped by expert, counts[e] rows for expert e -> (sum(counts), dim)."""
-        outs = []
-        for e, rows in enumerate(x.split(counts)):
-            if len(rows):
-                hidden = F.gelu(F.linear(rows, self.fc1.weight[e], self.fc1.bias[e]))
-                outs.append(F.linear(hidden, self.fc2.weight[e], self.fc2.bias[e]))
-        return torch.cat(outs) if outs else x.new_zeros(x.shape)
-
 
 class MoAELayer(nn.Module):
     def __init__(self, dim: int, cfg: MoAEConfig):
@@ -121,15 +112,16 @@ class MoAELayer(nn.Module):
         onehot = F.one_hot(expert_of, experts)
         position = (onehot.cumsum(0) - 1).gather(1, expert_of[:, None]).squeeze(1)
         keep = position < capacity
-        token_kept, gate_kept, expert_kept = token_of[keep], gate_of[keep], expert_of[keep]
+        # Slots per expert in the buffer: the capacity, or fewer when no expert was routed that many tokens
+        # (the buffer's empty slots are computed for nothing). Which assignments are kept does not change.
+        slots = max(1, min(capacity, int(onehot.sum(0).max())))
+        slot = (expert_of * slots + position)[keep]
+        token_kept, gate_kept = token_of[keep], gate_of[keep]
 
-        # Kept assignments grouped by expert (stable: slot order kept) and each expert run on exactly its own
-        # tokens: no (E, capacity, D) buffer, so no work on empty slots; then a weighted scatter back.
-        order = expert_kept.argsort(stable=True)
-        token_kept, gate_kept = token_kept[order], gate_kept[order]
-        counts = torch.bincount(expert_kept, minlength=experts).tolist()
-        expert_out = self.experts.grouped(x[token_kept], counts)
-        out = x.new_zeros(x.shape).index_add(0, token_kept, expert_out * gate_kept[:, None])
+        # Tokens grouped by expert into an (E, slots, D) buffer, one batched matmul, weighted scatter back.
+        buffer = x.new_zeros(experts * slots, x.shape[1]).index_copy(0, slot, x[token_kept])
+        expert_out = self.experts(buffer.view(experts, slots, -1)).view(experts * slots, -1)
+        out = x.new_zeros(x.shape).index_add(0, token_kept, expert_out[slot] * gate_kept[:, None])
 
         # Switch-style balance loss: E * sum_e (share of assignments to e) * (mean router prob of e).
         share = onehot.sum(0).float() / (tokens * k)
