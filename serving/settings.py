@@ -38,7 +38,7 @@ class ServingSettings:
                             "face detection (faces smaller than 24 px there are not looked for); images use 640")
     max_side: int = _env("S4D_MAX_SIDE", 960, "decoded frames are downscaled to this long side (px)")
     device: str = _env("S4D_DEVICE", "auto", "auto (cuda if available) | cpu | cuda")
-    bf16: str = _env("S4D_BF16", "auto", "auto (on CUDA with bf16 support) | on | off")
+    bf16: str = _env("S4D_BF16", "auto", "auto (CUDA with bf16, or a CPU measured faster in bf16) | on | off")
     torch_threads: int = _env("S4D_TORCH_THREADS", 0, "CPU threads per model/detector call; 0 = measure 1 vs all "
                                                      "cores per batch size and keep the faster (shared CPUs)")
     moae_full_capacity: bool = _env("S4D_MOAE_FULL_CAPACITY", True, "MoAE experts take every token routed to "

@@ -15,7 +15,7 @@ PACKAGES = ("s4d", "flows", "serving")
 
 # Lowest first: a module imports only from its own layer or those below. A name stands for the module
 # and everything under it; the longest matching name decides.
-LAYERS = [("s4d", "s4d.io", "s4d.locks"), ("s4d.config", "s4d.stage"), ("s4d.models",), ("s4d.data",),
+LAYERS = [("s4d", "s4d.io", "s4d.locks"), ("s4d.config", "s4d.stage"), ("s4d.models", "s4d.precision"), ("s4d.data",),
           ("s4d.train",), ("s4d.gate", "s4d.registry", "s4d.bento", "s4d.package"), ("s4d.experiments",),
           ("s4d.cli",), ("flows", "serving")]
 # Upward imports known today, each with the change that removes it. Equality is asserted below, so the

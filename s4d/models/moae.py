@@ -112,12 +112,15 @@ class MoAELayer(nn.Module):
         onehot = F.one_hot(expert_of, experts)
         position = (onehot.cumsum(0) - 1).gather(1, expert_of[:, None]).squeeze(1)
         keep = position < capacity
-        slot = (expert_of * capacity + position)[keep]
+        # Slots per expert in the buffer: the capacity, or fewer when no expert was routed that many tokens
+        # (the buffer's empty slots are computed for nothing). Which assignments are kept does not change.
+        slots = max(1, min(capacity, int(onehot.sum(0).max())))
+        slot = (expert_of * slots + position)[keep]
         token_kept, gate_kept = token_of[keep], gate_of[keep]
 
-        # Tokens grouped by expert into an (E, capacity, D) buffer, one batched matmul, weighted scatter back.
-        buffer = x.new_zeros(experts * capacity, x.shape[1]).index_copy(0, slot, x[token_kept])
-        expert_out = self.experts(buffer.view(experts, capacity, -1)).view(experts * capacity, -1)
+        # Tokens grouped by expert into an (E, slots, D) buffer, one batched matmul, weighted scatter back.
+        buffer = x.new_zeros(experts * slots, x.shape[1]).index_copy(0, slot, x[token_kept])
+        expert_out = self.experts(buffer.view(experts, slots, -1)).view(experts * slots, -1)
         out = x.new_zeros(x.shape).index_add(0, token_kept, expert_out[slot] * gate_kept[:, None])
 
         # Switch-style balance loss: E * sum_e (share of assignments to e) * (mean router prob of e).

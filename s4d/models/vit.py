@@ -159,3 +159,15 @@ class VideoViT(nn.Module):
 
     def moae_layers(self) -> list[nn.Module]:
         return [b.moe_layer for b in self.blocks if isinstance(b, MoAEBlock)]
+
+
+def set_fused_attention(model: nn.Module, fused: bool) -> int:
+    """The one attention switch: fused SDPA (True) or timm's manual softmax(q k^T) v (False) in every attention
+    layer of model. Both compute the same attention; which is faster depends on the device and the precision
+    (s4d.precision measures it). Returns the number of layers switched."""
+    switched = 0
+    for module in model.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = fused
+            switched += 1
+    return switched

@@ -20,6 +20,8 @@ import torch.distributed as tdist
 TIMEOUT_ENV = "S4D_DIST_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 60.0
 
+from s4d.precision import use_bf16 as measured_bf16
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -172,8 +174,6 @@ def is_collective_failure(error: BaseException) -> bool:
 
 
 def use_bf16(precision: str) -> bool:
-    """params' precision: "bf16" always (CPU autocast too), "fp32" never, "auto" where the hardware has
-    it (a CUDA device with bf16)."""
-    if precision in ("bf16", "fp32"):
-        return precision == "bf16"
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    """params' precision: "bf16" always (CPU autocast too), "fp32" never, "auto" where measured faster on this
+    machine (s4d.precision: CUDA with bf16, or a CPU whose bf16 matmul is clearly faster)."""
+    return measured_bf16(precision, "cuda" if torch.cuda.is_available() else "cpu")
