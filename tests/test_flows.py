@@ -27,6 +27,9 @@ MICRO_RUN = MICRO_MODEL + [
     "pretrain.checkpoint_every=100", "finetune.epochs=2", "finetune.batch_size=8", "finetune.image_batch_size=8",
     "finetune.warmup_epochs=0", "evaluate.clips=1", "evaluate.batch_size=8",
     "gate.min_uar=0.0", "gate.min_war=0.0", "gate.max_uar_drop=1.0", "gate.max_war_drop=1.0",
+    # After MICRO_MODEL's data.workers=0: the flow runs its loaders with worker processes, as users' runs do
+    # (forked workers inherit Prefect's exit hooks; with 0 workers that failure could never show).
+    "data.workers=2",
 ]
 TELEMETRY_OFF = {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "BENTOML_DO_NOT_TRACK": "true",
                  "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1"}

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from s4d.data.synthetic.__main__ import load_config, main
-from s4d.data.synthetic.config import SyntheticConfig
+from s4d.config import SyntheticConfig
 from s4d.data.synthetic.face import AU, EMOTIONS, RAFDB_LABEL, UPPER_FACE
 from s4d.data.synthetic.generate import VERSION, generate
 from s4d.data.synthetic.plan import image_plan, video_plan

@@ -19,6 +19,15 @@ import torchvision.transforms.v2 as T
 from timm.data.random_erasing import RandomErasing
 from torch.utils.data import Dataset, WeightedRandomSampler
 
+def worker_init(worker_id: int) -> None:
+    """DataLoader workers are forked: drop the threading exit hooks they inherit. A parent such as a Prefect
+    flow run registers one that drains services which only run in the parent; in the worker it fails at exit
+    and torch reports "DataLoader worker ... exited unexpectedly"."""
+    import threading
+
+    getattr(threading, "_threading_atexits", []).clear()
+
+
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from s4d.config import FinetuneConfig, Params, to_dict
-from s4d.data.loaders import Augment, ClipDataset, ImageDataset, balanced_sampler
+from s4d.data.loaders import Augment, ClipDataset, ImageDataset, balanced_sampler, worker_init
 from s4d.data.manifest import read_manifest
 from s4d.models.checkpoint import CheckpointError, init_classifier, save_checkpoint
 from s4d.models.classifier import S4DClassifier
@@ -151,7 +151,7 @@ class EpochDraws(Dataset):
 
 def loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device, sampler=None) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=False,
-                      num_workers=workers, pin_memory=device.type == "cuda")
+                      num_workers=workers, pin_memory=device.type == "cuda", worker_init_fn=worker_init)
 
 
 # ---------------------------------------------------------------------------------------------- loss

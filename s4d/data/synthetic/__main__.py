@@ -6,20 +6,20 @@ import json
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from s4d.data.synthetic.config import SyntheticConfig
+from s4d.config import ConfigError, SyntheticConfig, load_params
 from s4d.data.synthetic.generate import generate
 
 
 def load_config(params: Path) -> SyntheticConfig:
-    """The `synthetic:` section of a params YAML merged onto the defaults (typed: a bad key or type fails)."""
-    schema = OmegaConf.structured(SyntheticConfig)
+    """The `synthetic:` section of a params file, checked with the whole file by the typed schema (s4d.config)."""
     if not params.exists():
         print(f"{params} not found: using the default synthetic config")
-        return OmegaConf.to_object(schema)
-    section = OmegaConf.load(params).get("synthetic", {}) or {}
-    return OmegaConf.to_object(OmegaConf.merge(schema, section))
+        return SyntheticConfig()
+    try:
+        return load_params(params).synthetic
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 def main(argv: list | None = None) -> int:
