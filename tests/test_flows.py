@@ -267,6 +267,8 @@ def server(tmp_path_factory):
     env = {**os.environ, **TELEMETRY_OFF, "PREFECT_HOME": str(home / "home"), "PREFECT_API_URL": url,
            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2", "PREFECT_WORKER_QUERY_SECONDS": "1",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PYTHONPATH": str(ROOT),
+           # README's server settings: `--watch` prints the run's logs, not only its state changes
+           "PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED": "true", "PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED": "true",
            "BENTOML_HOME": str(home / "bentoml"), "OMP_NUM_THREADS": "1"}
     log = open(home / "server.log", "w")
     proc = subprocess.Popen(prefect_cmd("server", "start", "--host", "127.0.0.1", "--port", str(port)), env=env,
@@ -352,7 +354,9 @@ def test_worker_runs_a_deployment_to_completion_reports_failures_and_stops_on_si
                                          "--watch", "--watch-timeout", "300"),
                              cwd=deployed, env=server["env"], capture_output=True, text=True, timeout=350)
         assert bad.returncode == 1, bad.stdout[-3000:]
-        assert "unknown dataset 'imagenet'; known datasets: dfew, folder, synthetic" in bad.stdout, bad.stdout[-3000:]
+        watched = " ".join(bad.stdout.split())  # the console wraps long lines
+        assert "run failed: InputError: unknown dataset 'imagenet'; known datasets: dfew, folder, synthetic" in watched, \
+            bad.stdout[-3000:]
 
         # SIGTERM while the worker is starting a run (the run is PENDING: deterministic, no timer race)
         created = subprocess.run(prefect_cmd("deployment", "run", "retrain/on-demand", "--params", params),
