@@ -85,17 +85,17 @@ class SyntheticConfig:
     num_frames: int = rng(16, 1, 512)  # frames per clip (all clips the same length)
     video_identities: int = rng(80, 1, 100000)  # people in the videos
     clips_per_identity: int = rng(6, 1, 1000)  # clips per video identity (any expression mix)
-    partial_clip_rate: float = rng(0.25, 0.0, 1.0)  # share of expressive clips whose expression covers only part of the frames
+    partial_clip_rate: float = rng(0.25, 0.0, 1.0)  # expressive clips whose expression spans part of the clip
     min_intensity: float = rng(0.85, 0.0, 1.0)  # weakest apex intensity of an expression (1 = full prototype)
-    lookalike_blend: float = rng(0.2, 0.0, 1.0)  # most an expression blends towards its look-alike (fear/surprise, ...)
-    apex_start_rate: float = rng(0.15, 0.0, 1.0)  # share of expressive clips already at the apex in frame 1 (no onset to see)
-    face_scale: float = rng(0.45, 0.05, 1.0)  # face half-width as a share of the frame (aligned-face crops: the face fills it)
+    lookalike_blend: float = rng(0.2, 0.0, 1.0)  # most an expression blends towards its look-alike
+    apex_start_rate: float = rng(0.15, 0.0, 1.0)  # expressive clips at the apex from frame 1 (no onset)
+    face_scale: float = rng(0.45, 0.05, 1.0)  # face half-width / frame width (aligned crops)
     # static images (RAF-DB layout)
     image_size: int = rng(96, 16, 1024)  # rendered square still image, pixels
-    image_identity_ratio: float = rng(10.0, 0.0, 1000.0)  # image identities per video identity (static data is far larger)
+    image_identity_ratio: float = rng(10.0, 0.0, 1000.0)  # image identities per video identity
     images_per_identity: int = rng(2, 1, 1000)  # stills per image identity
     # identity-disjoint splits (same fractions for videos and images)
-    val_fraction: float = rng(0.1, 0.0, 0.9)  # identities in val (written into the train lists, as DFEW/RAF-DB have no val)
+    val_fraction: float = rng(0.1, 0.0, 0.9)  # identities in val (inside the train lists)
     test_fraction: float = rng(0.2, 0.0, 0.9)  # identities in test
     # nuisances
     supersample: int = rng(2, 1, 8)  # draw at this multiple of the output size, then INTER_AREA down (anti-aliasing)
