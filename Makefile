@@ -1,5 +1,5 @@
 # Two entry points for a fresh machine (see README.md):
-#   make repro   set up .venv, render the embedded dataset, run the whole pipeline (dvc repro)
+#   make repro   set up .venv, run the whole pipeline (dvc repro: generate -> prepare -> ... -> package)
 #   make test    set up .venv, run the test suite
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
@@ -27,11 +27,9 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	touch $@
 
-# The embedded dataset is rendered (deterministic from synthetic.seed), then tracked by data.dvc: on the
-# same generator version `dvc add` finds the hash already recorded and changes nothing.
+# The embedded dataset is the pipeline's first stage (generate: deterministic from the `synthetic` params);
+# nothing else under data/ is tracked or cached by DVC.
 repro: $(STAMP)
-	$(BIN)/s4d generate
-	$(BIN)/dvc add -q data
 	$(BIN)/dvc repro
 
 test: $(STAMP)
@@ -47,8 +45,6 @@ bench: $(STAMP)
 # one thread each (the committed report: `make grid GRID_ARGS="--budget laptop" GRID_SHARDS=2`).
 GRID_SHARDS ?= 1
 grid: $(STAMP)
-	$(BIN)/s4d generate
-	$(BIN)/dvc add -q data
 	$(BIN)/dvc repro validate
 	@if [ "$(GRID_SHARDS)" = 1 ]; then $(BIN)/python -m s4d.experiments.grid $(GRID_ARGS); else \
 	  pids=""; for k in $$(seq 1 $(GRID_SHARDS)); do \

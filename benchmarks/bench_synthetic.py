@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import save
-from s4d.data.synthetic.config import SyntheticConfig
+from s4d.config import SyntheticConfig
 from s4d.data.synthetic.generate import generate
 from s4d.data.synthetic.plan import image_plan, video_plan
 from s4d.data.synthetic.sample import clip_jpegs, image_jpeg

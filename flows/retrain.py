@@ -16,7 +16,8 @@ run's overrides, resolved once by the first task into `artifacts/flow/params.yam
     evaluate       s4d.train.evaluate.evaluate
     gate           s4d.gate.run_gate: floors + no regression vs the champion; markdown + table artifacts
     package        s4d.package.package: promote + bento when the gate passed; otherwise it only records
-                   the skip, and the champion keeps serving
+                   the skip, the champion keeps serving, and the run ends in the state "NotPromoted"
+                   (a Failed state: the reasons are its message and the last lines of its log)
 
 Tasks persist their results and retry transient failures (`retries`, `retry_delay_seconds`; a bad input,
 a failed validation or a data error is never retried). Each run records its data version (git revision,
@@ -43,11 +44,13 @@ from typing import Any, Iterator, Optional
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import INPUTS, RUN_ID, TASK_SOURCE
+from prefect.states import Failed, State
 
 from s4d.locks import file_lock
 
 FLOW_DIR = Path("artifacts/flow")
 RESOLVED_PARAMS = FLOW_DIR / "params.yaml"
+NOT_PROMOTED = "NotPromoted"  # the final state's name when the gate refused the candidate
 PRETRAIN_DIR = Path("artifacts/pretrain")
 STAMP = PRETRAIN_DIR / "flow_stamp.json"  # inputs of the pretraining that wrote model.pt
 PROGRESS_LOG_EVERY_S = 15.0  # progress-bar updates (\r lines) reach the log at most this often
@@ -56,11 +59,11 @@ PROGRESS_LOG_EVERY_S = 15.0  # progress-bar updates (\r lines) reach the log at 
 # overrides (e.g. dataset=folder overrides=["data.dynamic.root=/data/mine/videos"]).
 DATASETS: dict[str, dict[str, Any]] = {
     "synthetic": {
-        "description": "the embedded procedurally rendered set (`s4d generate`, tracked by data.dvc)",
+        "description": "the embedded procedurally rendered set (`s4d generate`, the `generate` DVC stage)",
         "overrides": ["data.dynamic.reader=synthetic_video", "data.dynamic.root=data/synthetic/videos",
                       "data.dynamic.fold=1", "data.static.reader=synthetic_image",
                       "data.static.root=data/synthetic/images"],
-        "hint": "render it with `s4d generate` or fetch it with `dvc pull`",
+        "hint": "render it with `s4d generate` (or `dvc repro generate`)",
     },
     "folder": {
         "description": "your own data: data/folder/{videos,images}/[train|val|test/]<class>/<items>",
@@ -493,12 +496,13 @@ def publish_record(record: dict) -> None:
 def retrain(dataset: str = "synthetic", profile: str = "tiny", overrides: Optional[list[str]] = None,
             nproc_per_node: int = 1, params_file: str = "params.yaml", retries: int = 2,
             retry_delay_seconds: float = 10.0, reuse_pretrain: bool = True, build_bento: bool = True,
-            hostfile: str = "") -> dict:
+            hostfile: str = "") -> dict | State:
     """Retrain on `dataset` (a preset name: synthetic, folder, dfew), gate, and promote when it passes.
 
     overrides: params.yaml `key=value` strings (gate.* included); nproc_per_node: pretraining processes;
     hostfile: run pretraining with the DeepSpeed launcher across the hosts listed there instead;
     retries / retry_delay_seconds: for transient task failures.
+    Returns the run record; when the gate refuses the candidate, a Failed state named "NotPromoted" carrying it.
     """
     logger = get_run_logger()
     overrides = list(overrides or [])
@@ -531,6 +535,8 @@ def retrain(dataset: str = "synthetic", profile: str = "tiny", overrides: Option
         except BaseException as e:
             record["status"] = "failed"
             record["error"] = f"{type(e).__name__}: {e}"
+            # The reason as the run's last log line: `prefect deployment run --watch` prints the run's logs.
+            logger.error(f"run failed: {record['error']}")
             raise
         finally:
             record["finished"] = datetime.now(timezone.utc).isoformat()
@@ -539,6 +545,12 @@ def retrain(dataset: str = "synthetic", profile: str = "tiny", overrides: Option
             except Exception as e:  # noqa: BLE001 - never hide the run's own outcome behind this
                 logger.warning(f"could not publish the run record: {e}")
     logger.info(f"run {record['status']}: record in {record.get('record_file')}")
+    if not record["gate"]["passed"]:
+        # Not a crash, but not a success either: a state of its own, red in the UI, exit 1 from `--watch`.
+        reason = (f"the evaluation gate refused the candidate: {'; '.join(record['gate']['reasons'])}. "
+                  f"Nothing was promoted; the champion keeps serving.")
+        logger.error(f"{NOT_PROMOTED}: {reason}")
+        return Failed(name=NOT_PROMOTED, message=reason, data=record)
     return record
 
 
@@ -554,4 +566,6 @@ if __name__ == "__main__":
     a = ap.parse_args()
     state = retrain(dataset=a.dataset, profile=a.profile, overrides=a.overrides, nproc_per_node=a.nproc_per_node,
                     build_bento=not a.no_build, return_state=True)
+    if not state.is_completed():
+        print(f"retrain finished in state {state.name}: {state.message}", file=sys.stderr)
     sys.exit(0 if state.is_completed() else 1)

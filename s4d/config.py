@@ -14,8 +14,6 @@ from typing import Any, Dict, List, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from s4d.data.synthetic.config import SyntheticConfig
-
 
 class InputError(ValueError):
     """A file the user gave (params, split lists, manifests) that cannot be read: the message names it."""
@@ -90,6 +88,40 @@ def base_profile() -> ModelConfig:
         drop_path=0.1, stem="linear", pool="mean", decoder_dim=384, decoder_depth=4, decoder_heads=6,
         moae=MoAEConfig(layers=6, experts=8, top_k=2, bottleneck=192), lgi=LGIConfig(region=[2, 5, 10]),
     )
+
+
+
+# ------------------------------------------------------------------------------------- synthetic data
+@dataclass
+class SyntheticConfig:
+    """The procedural expression dataset that the `generate` stage renders (s4d.data.synthetic)."""
+    seed: int = 0  # every sample is seeded from (seed, kind, index): same seed -> same bytes
+    root: str = "data/synthetic"  # output folder (videos/, images/, meta.json)
+    # videos (DFEW layout)
+    frame_size: int = rng(96, 16, 1024)  # rendered square video frame, pixels
+    num_frames: int = rng(16, 1, 512)  # frames per clip (all clips the same length)
+    video_identities: int = rng(80, 1, 100000)  # people in the videos
+    clips_per_identity: int = rng(6, 1, 1000)  # clips per video identity (any expression mix)
+    partial_clip_rate: float = rng(0.25, 0.0, 1.0)  # expressive clips whose expression spans part of the clip
+    min_intensity: float = rng(0.85, 0.0, 1.0)  # weakest apex intensity of an expression (1 = full prototype)
+    lookalike_blend: float = rng(0.2, 0.0, 1.0)  # most an expression blends towards its look-alike
+    apex_start_rate: float = rng(0.15, 0.0, 1.0)  # expressive clips at the apex from frame 1 (no onset)
+    face_scale: float = rng(0.45, 0.05, 1.0)  # face half-width / frame width (aligned crops)
+    # static images (RAF-DB layout)
+    image_size: int = rng(96, 16, 1024)  # rendered square still image, pixels
+    image_identity_ratio: float = rng(10.0, 0.0, 1000.0)  # image identities per video identity
+    images_per_identity: int = rng(2, 1, 1000)  # stills per image identity
+    # identity-disjoint splits (same fractions for videos and images)
+    val_fraction: float = rng(0.1, 0.0, 0.9)  # identities in val (inside the train lists)
+    test_fraction: float = rng(0.2, 0.0, 0.9)  # identities in test
+    # nuisances
+    supersample: int = rng(2, 1, 8)  # draw at this multiple of the output size, then INTER_AREA down (anti-aliasing)
+    occlusion_rate: float = rng(0.02, 0.0, 1.0)  # share of samples with a hand/object in front of the face
+    glasses_rate: float = rng(0.25, 0.0, 1.0)  # share of identities wearing glasses
+    max_yaw_deg: float = rng(8.0, 0.0, 90.0)  # head yaw reaches about +-75 % of this; pitch about half, roll a fifth
+    noise_std: float = rng(2.0, 0.0, 255.0)  # upper bound of sensor noise, in 0..255 grey levels
+    max_blur_sigma: float = rng(0.4, 0.0, 20.0)  # upper bound of defocus blur, output pixels
+    jpeg_quality_min: int = rng(80, 1, 95)  # each sample is written at a quality drawn from [jpeg_quality_min, 95]
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -242,6 +274,9 @@ def check_ranges(obj: Any, prefix: str = "") -> None:
 
 
 def check_consistency(p: Params) -> None:
+    if p.synthetic.val_fraction + p.synthetic.test_fraction >= 1:
+        raise ConfigError(f"synthetic.val_fraction + synthetic.test_fraction: {p.synthetic.val_fraction} + "
+                          f"{p.synthetic.test_fraction} leaves no identity for train (must be < 1)")
     if p.profile not in p.models:
         raise ConfigError(f"profile: {p.profile!r} is not a key of models ({', '.join(p.models)})")
     for name, m in p.models.items():
@@ -321,8 +356,7 @@ def load_params(path: str | Path = "params.yaml", overrides: Optional[List[str]]
     if not isinstance(loaded, DictConfig) or not loaded:
         # built-in defaults without a word would hide a truncated or wrongly named file
         what = "is empty" if not text.strip() or not loaded else "does not hold `key: value` lines at the top"
-        raise ConfigError(f"{path} {what}; expected the params (`python -m s4d.config > {path}` writes "
-                          f"the defaults)")
+        raise ConfigError(f"{path} {what}; expected the params (the repository's params.yaml holds every key)")
     dotlist = []
     for override in overrides or []:
         try:
@@ -372,43 +406,3 @@ def model_from_dict(d: dict) -> ModelConfig:
         raise ConfigError(f"checkpoint model config: {_describe(e)}") from None
     check_ranges(cfg, "model.")
     return cfg
-
-
-# ------------------------------------------------------------------------------------ params.yaml
-def field_comments(cls: type) -> dict[str, str]:
-    """The `# ...` comment on each field's line in a dataclass's source (what the field means)."""
-    import inspect
-    import re
-
-    comments = {}
-    for line in inspect.getsource(cls).splitlines():
-        if m := re.match(r"\s+(\w+): [^#]*#\s*(.*)$", line):
-            comments[m[1]] = m[2]
-    return comments
-
-
-def params_yaml(obj: Any = None, indent: int = 0) -> str:
-    """params.yaml text for a dataclass tree (default: the built-in defaults), commented from the source."""
-    import yaml
-
-    obj = Params() if obj is None else obj
-    comments = field_comments(type(obj)) if dataclasses.is_dataclass(obj) else {}
-    items = ([(f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj)] if dataclasses.is_dataclass(obj)
-             else list(obj.items()))
-    lines, pad = [], " " * indent
-    for key, value in items:
-        comment = f"  # {comments[key]}" if key in comments else ""
-        if dataclasses.is_dataclass(value) or isinstance(value, dict):
-            lines.append(f"{pad}{key}:{comment}")
-            lines.append(params_yaml(value, indent + 2))
-        else:
-            scalar = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...").strip()
-            lines.append(f"{pad}{key}: {scalar}{comment}")
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    # `python -m s4d.config > params.yaml` writes the defaults with their comments.
-    print("# Every hyperparameter of s4d-ops (schema and allowed ranges: s4d/config.py). Stages read this file;")
-    print("# override a value per run with `key=value` arguments, e.g. `s4d finetune finetune.epochs=3`.")
-    print(params_yaml())

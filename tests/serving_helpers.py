@@ -181,7 +181,7 @@ def synthetic_face_frames(seconds: float = 2.0, fps: float = 25.0, size: int = 3
     rendered clips, upscaled to `size` px."""
     import cv2
 
-    from s4d.data.synthetic.config import SyntheticConfig
+    from s4d.config import SyntheticConfig
     from s4d.data.synthetic.sample import render_clip
 
     cfg = SyntheticConfig(seed=seed, frame_size=160)
@@ -199,7 +199,7 @@ def synthetic_face_image(size: int = 256, seed: int = 0, tries: int = 12) -> np.
     import cv2
 
     from s4d.data.faces import FaceDetector
-    from s4d.data.synthetic.config import SyntheticConfig
+    from s4d.config import SyntheticConfig
     from s4d.data.synthetic.sample import render_clip
 
     cfg = SyntheticConfig(seed=seed, frame_size=160)

@@ -3,7 +3,9 @@ pretraining job, a re-run that reuses pretraining and fails the gate, bad inputs
 server start` + a process worker + `prefect deployment run`, and the weekly cron deployment creating runs."""
 import json
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +19,7 @@ import pytest
 
 from conftest import MICRO_MODEL, ROOT, bentoml_home
 from flows.retrain import stop_process_group
+from flows.worker import descendants
 from s4d import registry
 from test_registry import STUB_BENTOFILE, STUB_SERVICE
 
@@ -27,6 +30,9 @@ MICRO_RUN = MICRO_MODEL + [
     "pretrain.checkpoint_every=100", "finetune.epochs=2", "finetune.batch_size=8", "finetune.image_batch_size=8",
     "finetune.warmup_epochs=0", "evaluate.clips=1", "evaluate.batch_size=8",
     "gate.min_uar=0.0", "gate.min_war=0.0", "gate.max_uar_drop=1.0", "gate.max_war_drop=1.0",
+    # After MICRO_MODEL's data.workers=0: the flow runs its loaders with worker processes, as users' runs do
+    # (forked workers inherit Prefect's exit hooks; with 0 workers that failure could never show).
+    "data.workers=2",
 ]
 TELEMETRY_OFF = {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "BENTOML_DO_NOT_TRACK": "true",
                  "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1"}
@@ -162,8 +168,10 @@ def test_rerun_reuses_pretraining_and_a_failed_gate_keeps_the_champion(harness, 
     # A candidate that learns nothing (lr 0) against a floor it cannot meet.
     overrides = MICRO_RUN + ["finetune.base_lr=0.0", "finetune.min_lr=0.0", "gate.min_uar=0.99"]
     state = retrain(dataset="folder", overrides=overrides, nproc_per_node=2, retries=0, return_state=True)
-    assert state.is_completed(), state.message
-    record = state.result()
+    # a refusal is a state of its own (not a green Completed), and its message says why
+    assert state.is_failed() and state.name == "NotPromoted", (state.name, state.message)
+    assert "below the floor 0.9900" in state.message and "champion keeps serving" in state.message
+    record = state.result(raise_on_failure=False)
     assert record["pretrain"]["reused"] and (project / "artifacts/pretrain/flow_stamp.json").read_text() == stamp
     assert record["status"] == "gate failed: not promoted" and not record["gate"]["passed"]
     assert any("below the floor 0.9900" in r for r in record["gate"]["reasons"])
@@ -259,6 +267,8 @@ def server(tmp_path_factory):
     env = {**os.environ, **TELEMETRY_OFF, "PREFECT_HOME": str(home / "home"), "PREFECT_API_URL": url,
            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2", "PREFECT_WORKER_QUERY_SECONDS": "1",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PYTHONPATH": str(ROOT),
+           # README's server settings: `--watch` prints the run's logs, not only its state changes
+           "PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED": "true", "PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED": "true",
            "BENTOML_HOME": str(home / "bentoml"), "OMP_NUM_THREADS": "1"}
     log = open(home / "server.log", "w")
     proc = subprocess.Popen(prefect_cmd("server", "start", "--host", "127.0.0.1", "--port", str(port)), env=env,
@@ -302,15 +312,29 @@ def deployed(server, tmp_path_factory):
     return project
 
 
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def flow_run_state(server, run_id):
+    return api(server["url"], f"/flow_runs/{run_id}")["state"]["type"]
+
+
 @pytest.mark.slow
-def test_worker_runs_a_deployment_to_completion(server, deployed):
+def test_worker_runs_a_deployment_to_completion_reports_failures_and_stops_on_sigterm(server, deployed):
+    """README's worker command (flows.worker around `prefect worker start`): a deployment run completes; a bad
+    run's reason reaches `--watch`; SIGTERM while the worker is starting a run stops it within 10 s."""
     log = open(server["home"] / "worker.log", "w")
-    worker = subprocess.Popen(prefect_cmd("worker", "start", "--pool", "s4d-process", "--limit", "1"), cwd=deployed,
-                              env=server["env"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    worker = subprocess.Popen([sys.executable, "-m", "flows.worker", "--pool", "s4d-process", "--limit", "1"],
+                              cwd=deployed, env=server["env"], stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
     try:
         params = json.dumps({"dataset": "folder", "overrides": MICRO_RUN, "nproc_per_node": 1})
         out = subprocess.run(prefect_cmd("deployment", "run", "retrain/on-demand", "--params", params, "--watch",
-                                         "--watch-interval", "2", "--watch-timeout", "400"),
+                                         "--watch-timeout", "400"),
                              cwd=deployed, env=server["env"], capture_output=True, text=True, timeout=450)
         worker_log = (server["home"] / "worker.log").read_text()
         assert out.returncode == 0, f"{out.stdout[-3000:]}\n{out.stderr[-2000:]}\nworker:\n{worker_log[-6000:]}"
@@ -324,6 +348,33 @@ def test_worker_runs_a_deployment_to_completion(server, deployed):
         assert record["deployment"] == "on-demand"
         logs = api(server["url"], "/logs/filter", {"logs": {"flow_run_id": {"any_": [runs[0]["id"]]}}, "limit": 200})
         assert any(entry["message"].startswith("[pretrain]") for entry in logs), "pretraining output not streamed"
+
+        # a failed run: `--watch` exits 1 and its output says why
+        bad = subprocess.run(prefect_cmd("deployment", "run", "retrain/on-demand", "--param", "dataset=imagenet",
+                                         "--watch", "--watch-timeout", "300"),
+                             cwd=deployed, env=server["env"], capture_output=True, text=True, timeout=350)
+        assert bad.returncode == 1, bad.stdout[-3000:]
+        watched = " ".join(bad.stdout.split())  # the console wraps long lines
+        assert "run failed: InputError: unknown dataset 'imagenet'; known datasets: dfew, folder, synthetic" in watched, \
+            bad.stdout[-3000:]
+
+        # SIGTERM while the worker is starting a run (the run is PENDING: deterministic, no timer race)
+        created = subprocess.run(prefect_cmd("deployment", "run", "retrain/on-demand", "--params", params),
+                                 cwd=deployed, env=server["env"], capture_output=True, text=True, timeout=120)
+        assert created.returncode == 0, created.stderr
+        run_id = re.search(r"UUID: ([0-9a-f-]{36})", created.stdout)[1]
+        deadline = time.time() + 120
+        while flow_run_state(server, run_id) == "SCHEDULED":
+            assert time.time() < deadline, "the worker did not pick the run up"
+            time.sleep(0.2)
+        started_processes = descendants(worker.pid)  # prefect's worker and what it started
+        started = time.monotonic()
+        os.kill(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=30)
+        stopped_in = time.monotonic() - started
+        assert stopped_in < 10, f"the worker took {stopped_in:.1f} s to stop after SIGTERM"
+        left = [pid for pid in started_processes if alive(pid)]
+        assert not left, f"processes left behind: {left}"
     finally:
         stop(worker)
         log.close()

@@ -366,8 +366,10 @@ def test_imported_s4d_is_evaluated_promoted_and_served(micro_project, tmp_path):
     -> `s4d registry promote FILE` -> `bentoml serve` answers with the imported model."""
     import requests
 
-    from serving.inference import encode_compact, full_moae_capacity
-    from serving.testing import ServiceProcess
+    from serving_helpers import ServiceProcess
+
+    from serving.inference import full_moae_capacity
+    from serving.inputs import encode_compact
 
     sd = official_state_dict(dim=96, depth=2, mlp=192, patch=8, classes=3, image_classes=3, moe_layers=(1,),
                              experts=4, bottleneck=24, seed=11)

@@ -22,6 +22,16 @@ from torch.utils.data import Dataset, WeightedRandomSampler
 from s4d.config import InputError
 from s4d.data.manifest import outside_root
 
+
+def worker_init(worker_id: int) -> None:
+    """DataLoader workers are forked: drop the threading exit hooks they inherit. A parent such as a Prefect
+    flow run registers one that drains services which only run in the parent; in the worker it fails at exit
+    and torch reports "DataLoader worker ... exited unexpectedly"."""
+    import threading
+
+    getattr(threading, "_threading_atexits", []).clear()
+
+
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")

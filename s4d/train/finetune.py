@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from s4d.config import FinetuneConfig, InputError, Params, to_dict
-from s4d.data.loaders import Augment, ClipDataset, ImageDataset, balanced_sampler
+from s4d.data.loaders import Augment, ClipDataset, ImageDataset, balanced_sampler, worker_init
 from s4d.data.manifest import read_manifest
 from s4d.models.checkpoint import CheckpointError, atomic_torch_save, init_classifier, save_checkpoint
 from s4d.models.classifier import S4DClassifier
@@ -157,7 +157,7 @@ class EpochDraws(Dataset):
 
 def loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device, sampler=None) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=False,
-                      num_workers=workers, pin_memory=device.type == "cuda")
+                      num_workers=workers, pin_memory=device.type == "cuda", worker_init_fn=worker_init)
 
 
 # ---------------------------------------------------------------------------------------------- loss
@@ -645,7 +645,7 @@ def finetune(params: Params, out_dir: Path = Path("artifacts/finetune")) -> dict
                 shares = rank_batches(keys, batch[task], ft.micro_batch, rank(), world)[plan[:position].count(task):]
                 per_step[task] = iter(shares)
                 mine = [s["keys"] for s in shares if s["keys"]]
-                iterators[task] = iter(DataLoader(draws[task], batch_sampler=mine, num_workers=data.workers,
+                iterators[task] = iter(DataLoader(draws[task], batch_sampler=mine, num_workers=data.workers, worker_init_fn=worker_init,
                                                   pin_memory=device.type == "cuda")) if mine else iter(())
 
             model.train()

@@ -11,8 +11,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from s4d.config import ConfigError, load_params
-from s4d.data.synthetic.config import SyntheticConfig
+from s4d.config import ConfigError, SyntheticConfig, load_params
 from s4d.stage import user_error
 from s4d.data.synthetic.generate import generate
 

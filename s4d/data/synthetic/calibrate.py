@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from s4d.data.synthetic.config import SyntheticConfig
+from s4d.config import SyntheticConfig
 from s4d.data.synthetic.face import EMOTIONS, UPPER_FACE
 from s4d.data.synthetic.generate import _worker_state, map_samples
 from s4d.data.synthetic.plan import video_plan

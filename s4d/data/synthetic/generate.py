@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-from s4d.data.synthetic.config import SyntheticConfig
+from s4d.config import SyntheticConfig
 from s4d.data.synthetic.face import EMOTIONS, RAFDB_LABEL
 from s4d.data.synthetic.plan import SPLITS, image_plan, video_plan
 from s4d.data.synthetic.sample import clip_jpegs, image_jpeg

@@ -10,7 +10,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from s4d.data.synthetic.config import SyntheticConfig
+from s4d.config import SyntheticConfig
 from s4d.data.synthetic.face import CLASS_WEIGHTS, EMOTIONS
 
 SPLITS = ("train", "val", "test")

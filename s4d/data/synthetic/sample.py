@@ -11,7 +11,7 @@ from functools import lru_cache
 import numpy as np
 
 from s4d.data.synthetic.camera import Camera, decode_jpeg, develop, encode_jpeg, sample_camera
-from s4d.data.synthetic.config import SyntheticConfig
+from s4d.config import SyntheticConfig
 from s4d.data.synthetic.dynamics import Timeline, clip_timeline, still_face
 from s4d.data.synthetic.face import Identity, sample_identity
 from s4d.data.synthetic.plan import Sample, image_plan, stream_rng, video_plan
