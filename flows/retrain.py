@@ -315,18 +315,10 @@ def prepare_data(params_file: str) -> dict:
 
 @task(name="validate", **TASK_OPTIONS)
 def validate_data(params_file: str) -> dict:
-    """The validate stage (s4d.data.validate.main), on the resolved params."""
-    from s4d.data.manifest import read_manifest
-    from s4d.data.validate import validate_manifests
+    """The validate stage (s4d.data.validate.validate), on the resolved params."""
+    from s4d.data.validate import validate
 
-    params = load_resolved(params_file)
-    prepared = Path(params.data.prepared_dir)
-    manifests = {name: read_manifest(prepared / f"{name}.csv") for name in ("dynamic", "static")}
-    clip_length = (params.model.num_frames - 1) * params.data.frame_stride + 1
-    bounds = params.validate
-    report = validate_manifests(manifests, {name: Path(".") for name in manifests}, Path("artifacts/validation"),
-                                clip_length, min_class_share=bounds.min_class_share,
-                                max_class_share=bounds.max_class_share, min_size=bounds.min_size)
+    report = validate(load_resolved(params_file), Path("artifacts/validation"))
     print(report.summary())
     if not report.success:
         raise ValidationFailed(report.summary())

@@ -236,6 +236,9 @@ def data_version(params=None, root: str | Path = ".") -> dict:
     combined = hashlib.sha256(json.dumps(manifests, sort_keys=True).encode()).hexdigest()[:12]
     out = {"id": combined, "git_rev": rev, "git_dirty": bool(dirty) if rev else None,
            "data_dvc": _dvc_md5(root / "data.dvc"),
+           # the embedded dataset is the `generate` stage's output (users' own datasets are hashed, not cached)
+           "dvc_lock_generated_md5": _lock_md5(root / "dvc.lock", "generate",
+                                               params.synthetic.root if params is not None else "data/synthetic"),
            "dvc_lock_prepared_md5": _lock_md5(root / "dvc.lock", "prepare", str(Path(prepared).relative_to(root))
                                               if prepared.is_relative_to(root) else str(prepared)),
            "manifests_sha256": manifests}

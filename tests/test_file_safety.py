@@ -289,3 +289,27 @@ def test_generator_takes_overrides_like_every_stage(tmp_path, monkeypatch, capsy
     assert exit_info.value.code == 2
     assert "synthetic.video_identitie" in capsys.readouterr().err
     assert not (tmp_path / "syn2").exists()
+
+
+def test_a_dataset_kept_outside_the_project_loads_and_nothing_else_does(micro_project, tmp_path_factory):
+    """data.dynamic.root: /datasets/DFEW (the README's example) holds absolute manifest paths: they load when
+    they lie inside a configured dataset folder; `..` and other absolute paths stay refused."""
+    from s4d.config import InputError, load_params
+    from s4d.data.loaders import ImageDataset
+    from s4d.data.manifest import dataset_folders, outside_root, read_manifest
+    from s4d.data.validate import file_status
+
+    elsewhere = tmp_path_factory.mktemp("datasets") / "RAF-DB"
+    shutil.copytree(micro_project / "images", elsewhere)
+    rows = read_manifest(micro_project / "artifacts/prepared/static.csv").head(3)
+    rows = rows.assign(path=[str(elsewhere / Path(p).name) for p in rows["path"]])
+    folders = dataset_folders(load_params("params.yaml", [f"data.static.root={elsewhere}"]).data)
+    assert str(elsewhere) in folders
+    image, _ = ImageDataset(rows, ".", 32, augment=None, allowed=folders)[0]
+    assert image.shape == (1, 3, 32, 32)
+    assert list(file_status(rows, Path("."), folders)) == ["ok"] * 3
+    with pytest.raises(InputError, match="outside the dataset root"):
+        ImageDataset(rows, ".", 32, augment=None)  # not a configured folder: refused
+    for path in ("../../../../etc/passwd", "/etc/passwd", f"{elsewhere}/../../../etc/passwd"):
+        assert outside_root(path, ".", folders), path
+    assert outside_root("images/00000.jpg", ".", folders) is None

@@ -10,6 +10,7 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -97,16 +98,17 @@ class _FramesDataset(Dataset):
     """Common part: manifest rows, root folder, augmentation and normalisation."""
 
     def __init__(self, manifest: pd.DataFrame, root: str | Path, size: int, augment: Augment | None,
-                 crops: int = 1, seed: int = 0):
+                 crops: int = 1, seed: int = 0, allowed: Sequence[str | Path] = ()):
         if manifest.empty:
             raise ValueError("the manifest holds no rows for this dataset/split")
         # Checked here as well as by validate: a manifest edited after validation must not open /etc/passwd.
-        escaping = [f"{id}: {why}" for id, why in zip(manifest["id"], map(outside_root, manifest["path"])) if why]
+        escaping = [f"{id}: {why}" for id, p in zip(manifest["id"], manifest["path"])
+                    if (why := outside_root(p, root, allowed))]
         if escaping:
             more = f" (and {len(escaping) - 3} more)" if len(escaping) > 3 else ""
             raise InputError(f"refusing to load {len(escaping)} manifest row(s) outside the dataset root {root}: "
-                             f"{'; '.join(escaping[:3])}{more} (paths stay inside the project folder: link a "
-                             f"dataset kept elsewhere into it, e.g. data/DFEW -> /datasets/DFEW)")
+                             f"{'; '.join(escaping[:3])}{more} (paths stay inside the project folder or the "
+                             f"configured data.dynamic.root / data.static.root / data.prepared_dir)")
         self.rows = manifest.reset_index(drop=True)
         self.root, self.size, self.augment, self.crops, self.seed = Path(root), size, augment, crops, seed
         self.epoch = 0
@@ -154,8 +156,9 @@ class ClipDataset(_FramesDataset):
     `clips` x `crops` views stacked as (V, C, T, H, W)."""
 
     def __init__(self, manifest: pd.DataFrame, root: str | Path, size: int, num_frames: int, stride: int,
-                 augment: Augment | None = None, clips: int = 1, crops: int = 1, seed: int = 0):
-        super().__init__(manifest, root, size, augment, crops, seed)
+                 augment: Augment | None = None, clips: int = 1, crops: int = 1, seed: int = 0,
+                 allowed: Sequence[str | Path] = ()):
+        super().__init__(manifest, root, size, augment, crops, seed, allowed)
         self.num_frames, self.stride, self.clips = num_frames, stride, clips
 
     def __getitem__(self, index: int):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path, PurePath
+from typing import Sequence
 
 import pandas as pd
 
@@ -84,10 +85,21 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     return df
 
 
-def outside_root(path: str) -> str | None:
-    """Why a manifest path may not be opened, or None: paths are relative to the dataset root and stay
-    inside it (an absolute path or a `..` part could reach any file of the machine)."""
+def outside_root(path: str, root: str | Path = ".", allowed: Sequence[str | Path] = ()) -> str | None:
+    """Why a manifest path may not be opened, or None. A path is read relative to `root` (the project
+    folder) and must stay, lexically, inside it or inside one of the configured dataset folders `allowed`
+    (data.<task>.root, data.prepared_dir): anything else (`../../etc/passwd`, a stray absolute path) could
+    reach any file of the machine. Symlinks inside those folders are the user's and are followed."""
     parts = PurePath(path).parts
-    if not parts or PurePath(path).is_absolute() or ".." in parts or parts[0].endswith(":"):
+    if not parts or parts[0].endswith(":"):
         return f"path {path!r} escapes the dataset root"
+    full = PurePath(os.path.normpath(os.path.join(os.path.abspath(root), path)))
+    inside = [PurePath(os.path.normpath(os.path.abspath(folder))) for folder in (root, *allowed)]
+    if not any(full.is_relative_to(folder) for folder in inside):
+        return f"path {path!r} escapes the dataset root (and every configured dataset folder)"
     return None
+
+
+def dataset_folders(data) -> tuple[str, ...]:
+    """The folders manifest paths may point into besides the project folder (a `DataConfig`)."""
+    return (data.dynamic.root, data.static.root, data.prepared_dir)

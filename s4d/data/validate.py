@@ -40,7 +40,7 @@ from pathlib import Path
 import pandas as pd
 
 from s4d.data.labels import classes_of
-from s4d.data.manifest import MODALITIES, SPLITS, conform, outside_root, read_manifest
+from s4d.data.manifest import MODALITIES, SPLITS, conform, dataset_folders, outside_root, read_manifest
 from s4d.data.readers import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 FATAL, WARNING = "fatal", "warning"
@@ -121,10 +121,10 @@ def label_status(df: pd.DataFrame) -> pd.Series:
                      dtype=object)
 
 
-def file_status(df: pd.DataFrame, root: Path) -> pd.Series:
+def file_status(df: pd.DataFrame, root: Path, allowed: tuple = ()) -> pd.Series:
     """"ok", or what is missing: images must be files; videos a frame folder or a video file."""
     def one(path: str, modality: str) -> str:
-        if escapes := outside_root(path):
+        if escapes := outside_root(path, root, allowed):
             return escapes
         full = root / path
         found = full.is_file() if modality == "image" else full.exists()
@@ -157,9 +157,9 @@ def frames_of(full: Path) -> list[Path]:
     return sorted(e for e in full.iterdir() if e.name.lower().endswith(IMAGE_SUFFIXES) and e.is_file())
 
 
-def sample_frame_status(path: str, root: Path) -> str:
+def sample_frame_status(path: str, root: Path, allowed: tuple = ()) -> str:
     """"ok", or the first frame of a sample that does not decode, or the sizes when its frames differ."""
-    if outside_root(path) or path.lower().endswith(VIDEO_SUFFIXES):
+    if outside_root(path, root, allowed) or path.lower().endswith(VIDEO_SUFFIXES):
         return "ok"  # files_present reports escaping paths; video files are decoded by prepare
     full = root / path
     if not full.exists():
@@ -178,7 +178,7 @@ def sample_frame_status(path: str, root: Path) -> str:
     return "ok"
 
 
-def frame_status(df: pd.DataFrame, root: Path, workers: int = 0) -> pd.Series:
+def frame_status(df: pd.DataFrame, root: Path, workers: int = 0, allowed: tuple = ()) -> pd.Series:
     """`sample_frame_status` of every row, in `workers` threads (0: one per CPU, at most 8), with a
     progress bar: header reads wait on the disk, not the CPU, so threads overlap them."""
     from concurrent.futures import ThreadPoolExecutor
@@ -187,7 +187,7 @@ def frame_status(df: pd.DataFrame, root: Path, workers: int = 0) -> pd.Series:
 
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        status = list(tqdm(pool.map(sample_frame_status, df["path"], [root] * len(df), chunksize=16),
+        status = list(tqdm(pool.map(sample_frame_status, df["path"], [root] * len(df), [allowed] * len(df), chunksize=16),
                            total=len(df), desc="validate frames", unit="sample", leave=False))
     return pd.Series(status, index=df.index, dtype=object)
 
@@ -201,11 +201,11 @@ def group_status(df: pd.DataFrame) -> pd.Series:
     return status.astype(object)
 
 
-def with_status_columns(df: pd.DataFrame, root: Path, workers: int = 0) -> pd.DataFrame:
+def with_status_columns(df: pd.DataFrame, root: Path, workers: int = 0, allowed: tuple = ()) -> pd.DataFrame:
     df = df.copy()
     df["label_status"] = label_status(df)
-    df["file_status"] = file_status(df, root)
-    df["frame_status"] = frame_status(df, root, workers)
+    df["file_status"] = file_status(df, root, allowed)
+    df["frame_status"] = frame_status(df, root, workers, allowed)
     df["group_status"] = group_status(df)
     return df
 
@@ -322,7 +322,7 @@ def _example(d: dict) -> str:
 def validate_manifests(manifests: dict[str, pd.DataFrame], root_dirs: dict[str, Path], out_dir: Path,
                        clip_length: int, *, min_class_share: float = MIN_CLASS_SHARE,
                        max_class_share: float = MAX_CLASS_SHARE, min_size: int = MIN_SIZE,
-                       data_docs: bool = True, workers: int = 0) -> ValidationReport:
+                       data_docs: bool = True, workers: int = 0, allowed: tuple = ()) -> ValidationReport:
     """Run the checks on each manifest (name -> DataFrame, files looked up under root_dirs[name]).
 
     Writes the validated tables to `out_dir/tables/`, GX Data Docs under
@@ -345,7 +345,7 @@ def validate_manifests(manifests: dict[str, pd.DataFrame], root_dirs: dict[str, 
         stale.unlink()
     rows = {}
     for name, manifest in manifests.items():
-        df = with_status_columns(conform(manifest), Path(root_dirs[name]), workers)
+        df = with_status_columns(conform(manifest), Path(root_dirs[name]), workers, tuple(allowed))
         df.to_csv(tables / f"{name}_rows.csv", index=False)
         class_shares(df).to_csv(tables / f"{name}_classes.csv", index=False)
         rows[name] = len(df)
@@ -381,6 +381,19 @@ def validate_manifests(manifests: dict[str, pd.DataFrame], root_dirs: dict[str, 
     return report
 
 
+def validate(params, out_dir: Path) -> ValidationReport:
+    """The validate stage (the DVC stage and the flow): the prepared manifests of `params` against its bounds."""
+    prepared = Path(params.data.prepared_dir)
+    manifests = {name: read_manifest(prepared / f"{name}.csv") for name in ("dynamic", "static")}
+    clip_length = (params.model.num_frames - 1) * params.data.frame_stride + 1
+    bounds = params.validate
+    # Prepared manifests hold paths relative to the project folder (or inside a configured dataset folder).
+    return validate_manifests(manifests, {name: Path(".") for name in manifests}, Path(out_dir), clip_length,
+                              min_class_share=bounds.min_class_share, max_class_share=bounds.max_class_share,
+                              min_size=bounds.min_size, workers=params.data.workers,
+                              allowed=dataset_folders(params.data))
+
+
 def main(argv: list[str] | None = None) -> int:
     """`validate` stage: the prepared manifests against params' bounds; exit 1 on a fatal failure."""
     from s4d.stage import load_stage_params, stage_parser
@@ -391,18 +404,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("artifacts/validation"), help="report folder")
     args = parser.parse_args(argv)
     params = load_stage_params(args)
-    prepared = Path(params.data.prepared_dir)
     try:
-        manifests = {name: read_manifest(prepared / f"{name}.csv") for name in ("dynamic", "static")}
+        report = validate(params, args.out)
     except (FileNotFoundError, ValueError) as e:
         print(f"validate: {e} (run the prepare stage first)", file=sys.stderr)
         return 1
-    clip_length = (params.model.num_frames - 1) * params.data.frame_stride + 1
-    bounds = params.validate
-    # Prepared manifests hold paths relative to the project folder.
-    report = validate_manifests(manifests, {name: Path(".") for name in manifests}, args.out, clip_length,
-                                min_class_share=bounds.min_class_share, max_class_share=bounds.max_class_share,
-                                min_size=bounds.min_size, workers=params.data.workers)
     print(report.summary())
     return 0 if report.success else 1
 

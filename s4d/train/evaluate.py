@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from s4d.config import Params
 from s4d.data.loaders import ClipDataset, ImageDataset
-from s4d.data.manifest import read_manifest
+from s4d.data.manifest import dataset_folders, read_manifest
 from s4d.models.checkpoint import CheckpointError, build_model, read_checkpoint
 from s4d.models.classifier import S4DClassifier
 from s4d.train.distributed import barrier, gather_objects, rank, use_bf16
@@ -161,9 +161,9 @@ def evaluate(params: Params, checkpoint: Path = Path("artifacts/finetune/model.p
         check_media(test, f"{task} ({prepared / (task + '.csv')})")
         if task == "dynamic":
             dataset = ClipDataset(test, DATA_ROOT, size, frames, data.frame_stride, augment=None,
-                                  clips=cfg.clips, crops=cfg.crops)
+                                  clips=cfg.clips, crops=cfg.crops, allowed=dataset_folders(data))
         else:
-            dataset = ImageDataset(test, DATA_ROOT, size, augment=None, crops=cfg.crops)
+            dataset = ImageDataset(test, DATA_ROOT, size, augment=None, crops=cfg.crops, allowed=dataset_folders(data))
         recorder = RoutingRecorder(model, names)
         labels, probs = sharded_predict(model, dataset, cfg.batch_size, data.workers, device, bf16, recorder.update)
         recorder.reduce()

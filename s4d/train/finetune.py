@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from s4d.config import FinetuneConfig, InputError, Params, to_dict
 from s4d.data.loaders import Augment, ClipDataset, ImageDataset, balanced_sampler, worker_init
-from s4d.data.manifest import read_manifest
+from s4d.data.manifest import dataset_folders, read_manifest
 from s4d.models.checkpoint import CheckpointError, atomic_torch_save, init_classifier, save_checkpoint
 from s4d.models.classifier import S4DClassifier
 from s4d.train.checkpoints import commit_outputs, staging_dir
@@ -549,13 +549,15 @@ def finetune(params: Params, out_dir: Path = Path("artifacts/finetune")) -> dict
 
     size, frames, stride = cfg.img_size, cfg.num_frames, data.frame_stride
     augment = Augment(scale=(ft.crop_scale, 1.0), flip=True, rand_augment=ft.rand_augment, erase_prob=ft.erase_prob)
+    folders = dataset_folders(data)
     train_sets = {"dynamic": ClipDataset(train_rows["dynamic"], DATA_ROOT, size, frames, stride,
-                                         augment=augment, seed=ft.seed)}
-    val_sets = {"dynamic": ClipDataset(val_rows["dynamic"], DATA_ROOT, size, frames, stride)}
+                                         augment=augment, seed=ft.seed, allowed=folders)}
+    val_sets = {"dynamic": ClipDataset(val_rows["dynamic"], DATA_ROOT, size, frames, stride, allowed=folders)}
     if use_static:
-        train_sets["static"] = ImageDataset(train_rows["static"], DATA_ROOT, size, augment=augment, seed=ft.seed)
+        train_sets["static"] = ImageDataset(train_rows["static"], DATA_ROOT, size, augment=augment, seed=ft.seed,
+                                            allowed=folders)
         if not val_rows["static"].empty:
-            val_sets["static"] = ImageDataset(val_rows["static"], DATA_ROOT, size, augment=None)
+            val_sets["static"] = ImageDataset(val_rows["static"], DATA_ROOT, size, augment=None, allowed=folders)
     draws = {task: EpochDraws(ds) for task, ds in train_sets.items()}
     batch = {"dynamic": ft.batch_size, "static": ft.image_batch_size}
 

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from s4d.config import Params, to_dict
 from s4d.data.loaders import Augment, ClipDataset, ImageDataset
-from s4d.data.manifest import read_manifest
+from s4d.data.manifest import dataset_folders, read_manifest
 from s4d.models import MaskedAutoencoder
 from s4d.models.checkpoint import save_checkpoint
 from s4d.stage import load_stage_params, stage_parser
@@ -244,9 +244,11 @@ def pretrain(params: Params, out_dir: Path = Path("artifacts/pretrain"), fresh: 
             print(f"resuming from step {step} of {total_steps}")
 
     size, frames, stride = model_cfg.img_size, model_cfg.num_frames, params.data.frame_stride
-    datasets = {"video": ClipDataset(videos, ".", size, frames, stride, PRETRAIN_AUGMENT, seed=cfg.seed)
-                if video_steps else None,
-                "image": ImageDataset(images, ".", size, PRETRAIN_AUGMENT, seed=cfg.seed) if image_steps else None}
+    folders = dataset_folders(params.data)
+    datasets = {"video": ClipDataset(videos, ".", size, frames, stride, PRETRAIN_AUGMENT, seed=cfg.seed,
+                                     allowed=folders) if video_steps else None,
+                "image": ImageDataset(images, ".", size, PRETRAIN_AUGMENT, seed=cfg.seed, allowed=folders)
+                if image_steps else None}
     per_rank = {"video": cfg.batch_size, "image": cfg.image_batch_size}
     ratios = {"video": cfg.video_mask_ratio, "image": cfg.image_mask_ratio}
     dtype = torch.bfloat16 if bf16 else torch.float32
