@@ -6,8 +6,8 @@ run's overrides, resolved once by the first task into `artifacts/flow/params.yam
 
     check-inputs   unknown dataset name, a broken override, missing data -> the run fails HERE, clearly
     prepare        s4d.data.prepare.prepare
-    validate       s4d.data.validate.validate_manifests (a fatal check fails the run)
-    pretrain       `python -m torch.distributed.run --nproc_per_node N -m s4d.train.pretrain --params ...`, a
+    validate       s4d.data.validate.validate (a fatal check fails the run)
+    pretrain       `python -m s4d.train.launch --nproc_per_node N s4d.train.pretrain --params ...`, a
                    real multi-process DeepSpeed job (or `deepspeed --hostfile F` across machines); its output
                    streams into the Prefect log and a non-zero exit fails the task. Skipped when a stamp beside
                    artifacts/pretrain/model.pt shows the same inputs (manifests, model/pretrain params, code).
@@ -222,14 +222,15 @@ def free_port() -> int:
 
 def launch_command(params_file: str, nproc_per_node: int, hostfile: str = "",
                    master_port: Optional[int] = None) -> list[str]:
-    """The pretraining job: torchrun on this machine, or the DeepSpeed launcher over a hostfile
-    (`host slots=N` lines; needs pdsh + passwordless ssh and this project at the same path on every host)."""
+    """The pretraining job: the project's launcher (s4d.train.launch) on this machine, or the DeepSpeed launcher
+    over a hostfile (`host slots=N` lines; needs pdsh + passwordless ssh and this project at the same path on
+    every host)."""
     port = str(master_port or free_port())
     if hostfile:
         return [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", hostfile, "--master_port", port,
                 "--module", "s4d.train.pretrain", "--params", params_file]
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc_per_node),
-            "--master_addr", "127.0.0.1", "--master_port", port, "-m", "s4d.train.pretrain", "--params", params_file]
+    return [sys.executable, "-m", "s4d.train.launch", "--nproc_per_node", str(nproc_per_node),
+            "--master_addr", "127.0.0.1", "--master_port", port, "s4d.train.pretrain", "--params", params_file]
 
 
 def pretrain_inputs(params) -> dict:

@@ -130,7 +130,7 @@ def test_full_run_pretrains_on_two_processes_gates_and_promotes(harness, project
     assert record["status"] == "promoted"
     # pretraining ran as a real 2-process job and its output reached the flow's log
     assert not record["pretrain"]["reused"] and record["pretrain"]["world_size"] == 2
-    assert "torch.distributed.run --nproc_per_node 2" in record["pretrain"]["command"]
+    assert "s4d.train.launch --nproc_per_node 2" in record["pretrain"]["command"]
     assert record["pretrain"]["exit_code"] == 0
     # the run records data version, params and metrics
     dv = record["data_version"]
@@ -227,8 +227,8 @@ def test_launch_commands():
     from flows.retrain import launch_command
 
     local = launch_command("artifacts/flow/params.yaml", 4, master_port=29500)
-    assert local[1:] == ["-m", "torch.distributed.run", "--nproc_per_node", "4", "--master_addr", "127.0.0.1",
-                         "--master_port", "29500", "-m", "s4d.train.pretrain", "--params", "artifacts/flow/params.yaml"]
+    assert local[1:] == ["-m", "s4d.train.launch", "--nproc_per_node", "4", "--master_addr", "127.0.0.1",
+                         "--master_port", "29500", "s4d.train.pretrain", "--params", "artifacts/flow/params.yaml"]
     multi = launch_command("p.yaml", 4, hostfile="/etc/s4d/hostfile", master_port=29500)
     assert multi[1:] == ["-m", "deepspeed.launcher.runner", "--hostfile", "/etc/s4d/hostfile", "--master_port",
                          "29500", "--module", "s4d.train.pretrain", "--params", "p.yaml"]
