@@ -320,3 +320,20 @@ def test_per_class_transfer_on_hand_made_records(tmp_path):
         np.corrcoef(x, [s4d[n] - video[n] for n in names])[0, 1])
     assert (tmp_path / "out/sfer_dfer.png").stat().st_size > 5000
     assert not (tmp_path / "out/routing_usage.png").exists()  # no routing files: no routing plot
+
+
+def test_method_family_arms_pretrain_and_finetune_the_lgi_former(project, monkeypatch):
+    """MAE-DFER's arm pretrains the LGI-Former with the motion target on videos and fine-tunes that model
+    video-only; S4D-on-LGI pretrains dual-modal and fine-tunes jointly; both fine-tunes start from their MAE."""
+    root, _ = project
+    monkeypatch.chdir(root)
+    plan = build_plan(arms=["maedfer", "s4d_lgi"], seeds=1, overrides=list(MICRO_GRID))
+    runs = {run.arm.name: run for run in plan.runs}
+    maedfer, s4d_lgi = runs["maedfer"], runs["s4d_lgi"]
+    assert maedfer.pretrain.params.pretrain.target == "pixels+motion"
+    assert maedfer.pretrain.params.pretrain.image_step_share == 0
+    assert s4d_lgi.pretrain.params.pretrain.target == "pixels"
+    for run in (maedfer, s4d_lgi):
+        assert run.params.model.encoder == run.pretrain.params.model.encoder == "lgi"
+        assert run.params.finetune.init == str(run.pretrain.dir / "model.pt")
+    assert maedfer.params.finetune.static_share == 0 and s4d_lgi.params.finetune.static_share > 0

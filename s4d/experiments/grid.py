@@ -61,9 +61,13 @@ VIDEO_ONLY = "finetune.static_share=0"
 MOAE = "models.tiny.moae"
 
 # Pretraining kinds: overrides on top of params.yaml (whose default is the dual-modal MAE).
+LGI = "models.tiny.encoder=lgi"
 PRETRAINING: dict[str, tuple[str, ...]] = {
     "video": ("pretrain.image_step_share=0",),
     "dual": (),
+    # MAE-DFER: the LGI-Former pretrained on videos with the appearance + motion target
+    "maedfer": (LGI, "pretrain.target=pixels+motion", "pretrain.image_step_share=0"),
+    "dual_lgi": (LGI,),
 }
 
 
@@ -94,6 +98,9 @@ ARMS: tuple[Arm, ...] = (
     Arm("layers1", "layers", "MoAE on the last block", FROM_PARAMS, (f"{MOAE}.layers=1",)),
     Arm("layers3", "layers", "MoAE on the last 3 blocks", FROM_PARAMS, (f"{MOAE}.layers=3",)),
     Arm("layers6", "layers", "MoAE on all 6 blocks", FROM_PARAMS, (f"{MOAE}.layers=6",)),
+    # Method families at the same budget as ft_s4d, each from its own pretraining.
+    Arm("maedfer", "family", "MAE-DFER (LGI-Former, motion MAE, video-only)", "maedfer", (LGI, VIDEO_ONLY)),
+    Arm("s4d_lgi", "family", "S4D on the LGI-Former", "dual_lgi", (LGI,)),
 )
 ARM_BY_NAME = {arm.name: arm for arm in ARMS}
 

@@ -36,7 +36,8 @@ STUDY_TITLES = {"pretraining": "Pretraining (each followed by the same video-onl
                 "finetuning": "Fine-tuning: video-only vs vanilla multi-task vs S4D",
                 "experts": "MoAE ablation: number of experts",
                 "top_k": "MoAE ablation: experts per token (top-k)",
-                "layers": "MoAE ablation: number of MoAE layers"}
+                "layers": "MoAE ablation: number of MoAE layers",
+                "family": "Method families: MAE-DFER (LGI-Former + motion target) and S4D on the LGI-Former"}
 FIGURES = ("results.png", "routing_usage.png", "routing_paths.png", "routing_classes.png", "sfer_dfer.png")
 TOP_PATHS = 5
 
