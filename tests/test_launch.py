@@ -19,7 +19,7 @@ import torch
 
 from conftest import MICRO_MODEL, ROOT, run_module, write_micro_dataset
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # multi-process runs of minutes each: `make test-heavy`
 
 # 16 train videos, batch 8: 2 dynamic + 2 static steps per epoch, 12 steps; checkpoints at 3, 6, 9 and after
 # each epoch. The linear stem has no BatchNorm, so N ranks match one process in every tensor.

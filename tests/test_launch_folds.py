@@ -6,7 +6,7 @@ import pytest
 
 from conftest import MICRO_MODEL, run_module, write_micro_dataset
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # multi-process runs of minutes each: `make test-heavy`
 
 
 def write_dfew_micro(root):

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # multi-process runs of minutes each: `make test-heavy`
 
 
 def test_gpu_check_dry_run_runs_every_step(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT, write_micro_dataset
 from test_launch import RUN
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # multi-process runs of minutes each: `make test-heavy`
 TIMEOUT_S = 20  # launch.timeout_s of RUN
 
 

@@ -9,7 +9,7 @@ import torch
 
 from conftest import MICRO_MODEL, run_module
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # multi-process runs of minutes each: `make test-heavy`
 
 # 4 regions of 2 x 2 x 2 tokens on the micro grid (2, 4, 4).
 LGI = MICRO_MODEL + ["models.tiny.encoder=lgi", "models.tiny.lgi.region=[2,2,2]"]
