@@ -140,10 +140,12 @@ def test_stage_errors_on_missing_inputs(stage_dir, capsys):
     assert not (stage_dir / "artifacts/gate/decision.json").exists()
 
 
-def test_stage_stops_on_a_bad_override_naming_it(stage_dir):
+def test_stage_stops_on_a_bad_override_naming_it(stage_dir, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["gate.min_uarr=0.5"])
-    assert "gate.min_uarr" in str(stop.value.code)  # the message, printed to stderr without a traceback
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "gate.min_uarr" in err  # one line on stderr, no traceback
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (stage_dir / "artifacts/gate/decision.json").exists()
 
 
