@@ -492,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
             _print_record(record, args.json)
             return 0
         if args.command == "promote" and Path(args.tag).is_file():  # a checkpoint file: a candidate first
-            args.tag = save_candidate(args.tag, {"source_file": str(Path(args.tag).resolve())})
+            args.tag = save_to_store(args.tag, CANDIDATE, {"source_file": str(Path(args.tag).resolve())})
             print(f"saved {args.tag}", file=sys.stderr)
         record = promote(args.tag, args.reason) if args.command == "promote" else rollback(args.reason)
         _print_record(record, args.json)
