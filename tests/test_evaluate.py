@@ -18,20 +18,8 @@ from s4d.train.metrics import (class_names, classification_metrics, confusion_ma
                                plot_confusion, predictions_table, summarise_folds, uar, war, write_json)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with toydata.single_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return toydata.toy_root(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def joint(root):
-    return toydata.run_finetune(root, "joint")
+# root and joint (the toy data and its S4D run) are shared session fixtures (conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_evaluate(root, checkpoint, out, *overrides, prepared=None):

@@ -20,21 +20,8 @@ from s4d.train.finetune import (EpochDraws, FinetuneError, build_optimizer, epoc
                                 task_metrics)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with toydata.single_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return toydata.toy_root(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def joint(root):
-    """The S4D run (defaults: static steps + MoAE) on the toy data."""
-    return toydata.run_finetune(root, "joint")
+# root and joint (the toy data and its S4D run) are shared session fixtures (conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def read_logs(out):
