@@ -142,6 +142,10 @@ class DataConfig:
     val_fraction: float = rng(0.15, 0.0, 0.5)  # carved from train when the dataset has no val split
     seed: int = 0  # for the val carve
     frame_stride: int = rng(2, 1, 16)  # a clip takes every n-th frame
+    # ours: short side to img_size then centre crop, test clips spread from the first to the last frame.
+    # official: the published S4D / VideoMAE code's (frames squashed to img_size x img_size, test clips on the
+    # stride grid from frame 0, stills squashed; fine-tuning stills squashed to 1.2 x img_size then a random crop).
+    transforms: str = rng("ours", choices=("ours", "official"))  # fine-tuning and evaluation inputs
     workers: int = rng(2, 0, 64)  # data loader / face detection processes
     balanced_sampling: bool = False  # fine-tuning draws each class equally often
 
@@ -235,9 +239,17 @@ class GateConfig:
     reevaluate_champion: bool = True  # score the champion on the candidate's test split (else: stored metrics)
 
 
+# A preset is a few overrides applied over params.yaml (a `key=value` on the command line still wins).
+# paper: what the published S4D DFER models were fine-tuned and tested on (MSA-LMC/S4D
+# finetune/scripts/DFEW/ft_moe_dfew.sh: --sampling_rate 4 --test_num_segment 2 --test_num_crop 2; the frame
+# and still transforms of finetune/datasets/kinetics.py and finetune/s4d/sfer/__init__.py).
+PRESETS = {"paper": {"data": {"transforms": "official", "frame_stride": 4}, "evaluate": {"clips": 2, "crops": 2}}}
+
+
 @dataclass
 class Params:
     profile: str = "tiny"  # key of `models` the stages build
+    preset: str = rng("none", choices=("none", *PRESETS))  # paper: the published models' inputs (PRESETS)
     models: Dict[str, ModelConfig] = field(
         default_factory=lambda: {"tiny": tiny_profile(), "base": base_profile()})
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -371,6 +383,8 @@ def load_params(path: str | Path = "params.yaml", overrides: Optional[List[str]]
         # A profile in YAML merges onto the built-in one of the same name; a new name starts from
         # ModelConfig's defaults. Either way it goes through the ModelConfig schema.
         cfg = OmegaConf.merge(schema, loaded, *dotlist)
+        if cfg.preset in PRESETS:  # over the file, under the command line
+            cfg = OmegaConf.merge(schema, loaded, PRESETS[cfg.preset], *dotlist)
         params: Params = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:
         raise ConfigError(f"{path}: {_describe(e)}") from None

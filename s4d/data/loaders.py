@@ -3,6 +3,12 @@
 Videos come out as (C, T, H, W) float tensors, images as (C, H, W), both normalised with the ImageNet
 statistics that VideoMAE-style models use. Spatial augmentation is drawn once per clip, so every frame of
 a clip gets the same crop, flip and RandAugment ops.
+
+`transforms` (params `data.transforms`) picks how frames become model inputs: `ours` (short side to the
+model size, centre crop; test clips spread from the first to the last frame) or `official`, what the published
+S4D code does (MSA-LMC/S4D finetune/datasets/kinetics.py VideoClsDatasetFrame, finetune/s4d/sfer/__init__.py):
+frames squashed to size x size, test clips on the stride grid from frame 0, fine-tuning clips from a random
+window by linspace, stills squashed (fine-tuning: squashed to 1.2 x size, then a random crop).
 """
 from __future__ import annotations
 
@@ -33,8 +39,9 @@ def worker_init(worker_id: int) -> None:
     getattr(threading, "_threading_atexits", []).clear()
 
 
-MEAN = (0.485, 0.456, 0.406)
+MEAN = (0.485, 0.456, 0.406)  # ImageNet; the official code normalises with the same values
 STD = (0.229, 0.224, 0.225)
+STILL_TRAIN_SCALE = 1.2  # official stills: Resize((192, 192)) then RandomCrop(160) at 160 px
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
@@ -62,6 +69,30 @@ def clip_starts(total: int, num_frames: int, stride: int, views: int, rng: np.ra
     return [round(i * span / (views - 1)) for i in range(views)]
 
 
+def official_test_clips(total: int, num_frames: int, stride: int, clips: int) -> list[np.ndarray]:
+    """The official test clips: every `stride`-th frame from frame 0, padded with its last frame to
+    `num_frames`; clip i starts int(i * (len - num_frames) / (clips - 1)) along that grid. One clip (the
+    official code needs two or more) takes the middle of the grid."""
+    grid = np.arange(0, total, stride)
+    grid = np.concatenate([grid, np.full(max(num_frames - len(grid), 0), grid[-1])])
+    spare = len(grid) - num_frames
+    starts = [spare // 2] if clips == 1 else [int(i * spare / (clips - 1)) for i in range(clips)]
+    return [grid[s:s + num_frames] for s in starts]
+
+
+def official_train_clip(total: int, num_frames: int, stride: int, rng: np.random.Generator) -> np.ndarray:
+    """The official fine-tuning clip: a window of num_frames * stride frames ending at a random frame in
+    [window, total), `num_frames` indices by linspace over it (truncated); a shorter video is spread by
+    linspace over all its frames and padded with its last frame."""
+    window = num_frames * stride
+    if total <= window:
+        spread = np.linspace(0, total, num=total // stride)
+        idx = np.concatenate([spread, np.full(num_frames - len(spread), total)])
+        return np.clip(idx, 0, total - 1).astype(np.int64)
+    end = int(rng.integers(window, total))
+    return np.clip(np.linspace(end - window, end, num=num_frames), end - window, end - 1).astype(np.int64)
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
@@ -84,21 +115,33 @@ def normalise(frames: torch.Tensor) -> torch.Tensor:
 
 
 def spatial_crops(frames: torch.Tensor, size: int, crops: int) -> list[torch.Tensor]:
-    """Resize the short side to `size`, then 1 centre crop or 3 crops along the long side (multi-view)."""
+    """Resize the short side to `size`, then 1 centre crop, or 2 (both ends) / 3 (ends and centre) crops
+    along the long side (multi-view)."""
     frames = T.functional.resize(frames, size, antialias=True)
     h, w = frames.shape[-2:]
     if crops == 1:
         return [T.functional.center_crop(frames, [size, size])]
-    ys = [0, (h - size) // 2, h - size] if h > w else [(h - size) // 2] * 3
-    xs = [0, (w - size) // 2, w - size] if w >= h else [(w - size) // 2] * 3
-    return [frames[..., y:y + size, x:x + size] for y, x in zip(ys, xs)]
+    spare = max(h, w) - size
+    along = [0, spare] if crops == 2 else [0, spare // 2, spare]
+    middle = (min(h, w) - size) // 2
+    boxes = [(a, middle) if h > w else (middle, a) for a in along]  # (top, left)
+    return [frames[..., y:y + size, x:x + size] for y, x in boxes]
+
+
+def squash(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize to size x size, aspect ratio not kept: the official Resize((size, size)), bilinear with the
+    antialiasing of PIL's resize."""
+    return T.functional.resize(frames, [size, size], antialias=True)
 
 
 class _FramesDataset(Dataset):
     """Common part: manifest rows, root folder, augmentation and normalisation."""
+    still = False  # images: the official fine-tuning crop of a still differs from a clip's
 
     def __init__(self, manifest: pd.DataFrame, root: str | Path, size: int, augment: Augment | None,
-                 crops: int = 1, seed: int = 0, allowed: Sequence[str | Path] = ()):
+                 crops: int = 1, seed: int = 0, allowed: Sequence[str | Path] = (), transforms: str = "ours"):
+        if transforms not in ("ours", "official"):
+            raise ValueError(f"transforms: {transforms!r} is not one of ours, official")
         if manifest.empty:
             raise ValueError("the manifest holds no rows for this dataset/split")
         # Checked here as well as by validate: a manifest edited after validation must not open /etc/passwd.
@@ -111,10 +154,16 @@ class _FramesDataset(Dataset):
                              f"configured data.dynamic.root / data.static.root / data.prepared_dir)")
         self.rows = manifest.reset_index(drop=True)
         self.root, self.size, self.augment, self.crops, self.seed = Path(root), size, augment, crops, seed
+        self.official = transforms == "official"
         self.epoch = 0
         self.labels = self.rows["label"].to_numpy()
         if augment is not None:
             ops = [T.RandomResizedCrop(size, scale=augment.scale, antialias=True)]
+            if self.official and self.still:
+                big = round(STILL_TRAIN_SCALE * size)
+                ops = [T.Resize([big, big], antialias=True), T.RandomCrop(size)]
+            elif self.official:  # frames squashed first, then the random resized crop
+                ops = [T.Resize([size, size], antialias=True)] + ops
             ops += [T.RandomHorizontalFlip()] if augment.flip else []
             ops += [T.RandAugment(2, 9)] if augment.rand_augment else []
             self.train_ops = T.Compose(ops)
@@ -134,6 +183,9 @@ class _FramesDataset(Dataset):
 
     def finish(self, frames: torch.Tensor, index: int) -> list[torch.Tensor]:
         """(T, C, H, W) uint8 -> list of normalised (C, T, H, W) views."""
+        if self.augment is None and self.official:
+            # the official crops (long side - size) / (crops - 1) apart all start at 0 on a squashed frame: one view
+            return [self.normalise(squash(frames, self.size))]
         if self.augment is None:
             return [self.normalise(view) for view in spatial_crops(frames, self.size, self.crops)]
         # torchvision and timm draw from the global torch / Python RNGs: seed them from (seed, epoch, index)
@@ -153,13 +205,21 @@ class _FramesDataset(Dataset):
 
 class ClipDataset(_FramesDataset):
     """Clips of `num_frames` frames at `stride` from frame folders. Training: one random clip; testing:
-    `clips` x `crops` views stacked as (V, C, T, H, W)."""
+    `clips` x `crops` views stacked as (V, C, T, H, W) (official transforms: `clips` views, the crops coincide)."""
 
     def __init__(self, manifest: pd.DataFrame, root: str | Path, size: int, num_frames: int, stride: int,
                  augment: Augment | None = None, clips: int = 1, crops: int = 1, seed: int = 0,
-                 allowed: Sequence[str | Path] = ()):
-        super().__init__(manifest, root, size, augment, crops, seed, allowed)
+                 allowed: Sequence[str | Path] = (), transforms: str = "ours"):
+        super().__init__(manifest, root, size, augment, crops, seed, allowed, transforms)
         self.num_frames, self.stride, self.clips = num_frames, stride, clips
+
+    def clip_plan(self, total: int, rng: np.random.Generator | None) -> list[np.ndarray]:
+        """Frame indices of each temporal view of a `total`-frame video (one random clip when training)."""
+        n, stride = self.num_frames, self.stride
+        if self.official:
+            return [official_train_clip(total, n, stride, rng)] if rng is not None else \
+                official_test_clips(total, n, stride, self.clips)
+        return [clip_indices(total, n, stride, start) for start in clip_starts(total, n, stride, self.clips, rng)]
 
     def __getitem__(self, index: int):
         row = self.rows.iloc[index]
@@ -167,8 +227,7 @@ class ClipDataset(_FramesDataset):
         names = list_frames(folder)
         rng = self.rng(index) if self.augment is not None else None
         views = []
-        for start in clip_starts(len(names), self.num_frames, self.stride, self.clips, rng):
-            idx = clip_indices(len(names), self.num_frames, self.stride, start)
+        for idx in self.clip_plan(len(names), rng):
             frames = [read_rgb(folder / names[i]) for i in idx]
             if len({f.shape for f in frames}) > 1:
                 sizes = sorted({f"{f.shape[1]}x{f.shape[0]}" for f in frames})
@@ -182,6 +241,7 @@ class ClipDataset(_FramesDataset):
 
 class ImageDataset(_FramesDataset):
     """Still images (or the middle frame of a 1-frame folder) as (C, H, W); testing stacks crops (V, C, H, W)."""
+    still = True
 
     def __getitem__(self, index: int):
         row = self.rows.iloc[index]

@@ -1,8 +1,10 @@
 """Test-set evaluation of a fine-tuned classifier: multi-view DFER (and SFER when the model has a static head).
 
 Every test video gives `evaluate.clips` temporal clips x `evaluate.crops` spatial crops; the softmax
-probabilities of the views are averaged. Images give `evaluate.crops` crops. Deterministic: model.eval()
-turns the router noise and stochastic depth off.
+probabilities of the views are averaged. Images give `evaluate.crops` crops. With `data.transforms: official`
+(the `paper` preset) frames are squashed to the model size, where every official crop is the whole frame: each
+clip is computed once (the average over identical views is the same). Deterministic: model.eval() turns the
+router noise and stochastic depth off.
 
 Outputs (in `out_dir`): metrics.json, predictions.csv (`actual,predicted` label names, for the dvc plots
 confusion template; predictions_static.csv for images), scores.csv (per sample probabilities),
@@ -160,10 +162,11 @@ def evaluate(params: Params, checkpoint: Path = Path("artifacts/finetune/model.p
             fold = fold_of(test, data.dynamic.fold)
         check_media(test, f"{task} ({prepared / (task + '.csv')})")
         if task == "dynamic":
-            dataset = ClipDataset(test, DATA_ROOT, size, frames, data.frame_stride, augment=None,
-                                  clips=cfg.clips, crops=cfg.crops, allowed=dataset_folders(data))
+            dataset = ClipDataset(test, DATA_ROOT, size, frames, data.frame_stride, augment=None, clips=cfg.clips,
+                                  crops=cfg.crops, allowed=dataset_folders(data), transforms=data.transforms)
         else:
-            dataset = ImageDataset(test, DATA_ROOT, size, augment=None, crops=cfg.crops, allowed=dataset_folders(data))
+            dataset = ImageDataset(test, DATA_ROOT, size, augment=None, crops=cfg.crops, allowed=dataset_folders(data),
+                                   transforms=data.transforms)
         recorder = RoutingRecorder(model, names)
         labels, probs = sharded_predict(model, dataset, cfg.batch_size, data.workers, device, bf16, recorder.update)
         recorder.reduce()
@@ -183,11 +186,13 @@ def evaluate(params: Params, checkpoint: Path = Path("artifacts/finetune/model.p
         write_csv(out_dir / f"scores{suffix}.csv", scores)
         plot_confusion(np.asarray(metrics["confusion"]), names, out_dir / f"confusion{suffix}.png",
                        title=f"{task} test: UAR {metrics['uar']:.3f}  WAR {metrics['war']:.3f}  (n={metrics['n']})")
+        squashed = " squashed, crops coincide" if data.transforms == "official" else ""
         print(f"{task}: UAR {metrics['uar']:.4f}  WAR {metrics['war']:.4f}  (n={metrics['n']}, "
-              f"{cfg.clips if task == 'dynamic' else 1}x{cfg.crops} views)")
+              f"{cfg.clips if task == 'dynamic' else 1}x{cfg.crops} views{squashed})")
 
     report = {**results, "fold": fold, "dataset": data.dynamic.reader, "checkpoint": str(checkpoint),
-              "views": {"clips": cfg.clips, "crops": cfg.crops}}
+              "views": {"clips": cfg.clips, "crops": cfg.crops, "transforms": data.transforms,
+                        "frame_stride": data.frame_stride}}
     if "static" in results:
         report["static_dataset"] = data.static.reader
     if main_rank:

@@ -415,7 +415,7 @@ def run_inputs(params: Params, model: S4DClassifier, world: int, rows: list[pd.D
             digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
     init = params.finetune.init
     init_path = PRETRAIN_CHECKPOINT if init == "pretrain" else Path(init)
-    inputs = {"profile": params.profile, "data.frame_stride": data.frame_stride,
+    inputs = {"profile": params.profile, "data.frame_stride": data.frame_stride, "data.transforms": data.transforms,
               "data.balanced_sampling": data.balanced_sampling, "data.val_fraction": data.val_fraction,
               "data (train and val rows and samples)": digest.hexdigest()[:16],
               "finetune.init (file size and mtime)": (f"{init_path.stat().st_size}:{init_path.stat().st_mtime_ns}"
@@ -550,14 +550,17 @@ def finetune(params: Params, out_dir: Path = Path("artifacts/finetune")) -> dict
     size, frames, stride = cfg.img_size, cfg.num_frames, data.frame_stride
     augment = Augment(scale=(ft.crop_scale, 1.0), flip=True, rand_augment=ft.rand_augment, erase_prob=ft.erase_prob)
     folders = dataset_folders(data)
+    tf = data.transforms
     train_sets = {"dynamic": ClipDataset(train_rows["dynamic"], DATA_ROOT, size, frames, stride,
-                                         augment=augment, seed=ft.seed, allowed=folders)}
-    val_sets = {"dynamic": ClipDataset(val_rows["dynamic"], DATA_ROOT, size, frames, stride, allowed=folders)}
+                                         augment=augment, seed=ft.seed, allowed=folders, transforms=tf)}
+    val_sets = {"dynamic": ClipDataset(val_rows["dynamic"], DATA_ROOT, size, frames, stride, allowed=folders,
+                                       transforms=tf)}
     if use_static:
         train_sets["static"] = ImageDataset(train_rows["static"], DATA_ROOT, size, augment=augment, seed=ft.seed,
-                                            allowed=folders)
+                                            allowed=folders, transforms=tf)
         if not val_rows["static"].empty:
-            val_sets["static"] = ImageDataset(val_rows["static"], DATA_ROOT, size, augment=None, allowed=folders)
+            val_sets["static"] = ImageDataset(val_rows["static"], DATA_ROOT, size, augment=None, allowed=folders,
+                                              transforms=tf)
     draws = {task: EpochDraws(ds) for task, ds in train_sets.items()}
     batch = {"dynamic": ft.batch_size, "static": ft.image_batch_size}
 
