@@ -191,8 +191,8 @@ def evaluate(params: Params, checkpoint: Path = Path("artifacts/finetune/model.p
               f"{cfg.clips if task == 'dynamic' else 1}x{cfg.crops} views{squashed})")
 
     report = {**results, "fold": fold, "dataset": data.dynamic.reader, "checkpoint": str(checkpoint),
-              "views": {"clips": cfg.clips, "crops": cfg.crops, "transforms": data.transforms,
-                        "frame_stride": data.frame_stride}}
+              "views": {"clips": cfg.clips, "crops": cfg.crops},
+              "inputs": {"transforms": data.transforms, "frame_stride": data.frame_stride}}
     if "static" in results:
         report["static_dataset"] = data.static.reader
     if main_rank:
