@@ -226,9 +226,11 @@ class ClipDataset(_FramesDataset):
         folder = self.root / row["path"]
         names = list_frames(folder)
         rng = self.rng(index) if self.augment is not None else None
-        views = []
+        views, read = [], {}  # clips may share frames (official padding and overlaps): each is read once
         for idx in self.clip_plan(len(names), rng):
-            frames = [read_rgb(folder / names[i]) for i in idx]
+            for i in set(idx.tolist()) - set(read):
+                read[i] = read_rgb(folder / names[i])
+            frames = [read[i] for i in idx.tolist()]
             if len({f.shape for f in frames}) > 1:
                 sizes = sorted({f"{f.shape[1]}x{f.shape[0]}" for f in frames})
                 raise OSError(f"clip {folder}: frames differ in size ({', '.join(sizes)}); every frame of a clip "
