@@ -75,7 +75,7 @@ def run(profile: str, ranks: int, zero: int, precision: str, steps: int, batch: 
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // ranks)),
            "OMP_WAIT_POLICY": "PASSIVE"}
     if ranks > 1:
-        from s4d.train.distributed import free_port
+        from s4d.io import free_port
 
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
                str(free_port()), *args]

@@ -47,6 +47,20 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     return Path(path)
 
 
+def write_csv(path: str | Path, df: Any) -> Path:
+    """A pandas DataFrame as CSV without its index."""
+    with atomic_output(path) as tmp:
+        df.to_csv(tmp, index=False)
+    return Path(path)
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
+    """A matplotlib figure; the format comes from the suffix of `path` (the temp file keeps it)."""
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=dpi)
+    return Path(path)
+
+
 def _jsonable(obj: Any) -> Any:
     """numpy / torch scalars and arrays as Python numbers and lists, paths as strings; anything else is
     an error (better than writing its repr)."""

@@ -1,6 +1,7 @@
 """s4d.io: atomic writes that leave the old file whole on failure, strict JSON, file hashes, free ports."""
 import hashlib
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,3 +72,30 @@ def test_free_port_can_be_bound_on_loopback():
     assert 1024 <= port <= 65535
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))
+
+
+def test_write_csv_and_save_figure_write_whole_files_or_keep_the_old_one(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from s4d.io import save_figure, write_csv
+
+    path = write_csv(tmp_path / "t.csv", pd.DataFrame({"id": ["00001"], "n": [3]}))
+    assert path.read_text() == "id,n\n00001,3\n"  # no index column
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([0, 1], [1, 0])
+    png = save_figure(fig, tmp_path / "f.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the suffix picked the format
+    plt.close(fig)
+    before = png.read_bytes()
+
+    class DiesHalfWay:  # a figure whose renderer fails after writing part of the file
+        def savefig(self, path, dpi):
+            Path(path).write_bytes(b"\x89PNG half")
+            raise MemoryError("renderer died")
+
+    with pytest.raises(MemoryError):
+        save_figure(DiesHalfWay(), png)
+    assert png.read_bytes() == before and leftovers(tmp_path) == []

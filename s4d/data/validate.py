@@ -31,7 +31,6 @@ context, so Data Docs keep the history of runs; HTML in gx/uncommitted/data_docs
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import asdict, dataclass, field
@@ -41,6 +40,7 @@ import pandas as pd
 
 from s4d.data.labels import classes_of
 from s4d.data.manifest import MODALITIES, SPLITS, conform, dataset_folders, outside_root, read_manifest
+from s4d.io import write_json
 from s4d.data.readers import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 FATAL, WARNING = "fatal", "warning"
@@ -375,9 +375,7 @@ def validate_manifests(manifests: dict[str, pd.DataFrame], root_dirs: dict[str, 
     docs = out_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
     report = ValidationReport(results=results, rows=rows, docs_index=docs if data_docs else None,
                               summary_path=out_dir / "summary.json")
-    tmp = report.summary_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report.to_dict(), indent=2))
-    os.replace(tmp, report.summary_path)
+    write_json(report.summary_path, report.to_dict())
     return report
 
 

@@ -351,7 +351,7 @@ def rendezvous_restored() -> Iterator[None]:
 
 
 def run_pretraining(job: PretrainJob) -> dict:
-    from s4d.train.metrics import write_json
+    from s4d.io import write_json
     from s4d.train.pretrain import pretrain
 
     started = time.time()
@@ -412,7 +412,7 @@ def say(line: str) -> None:
 
 def execute(plan: Plan, log: Callable[[str], None] = say, shard: tuple[int, int] = (0, 1)) -> Counts:
     """Run what is not cached (of this shard's runs), in plan order; one progress line per run."""
-    from s4d.train.metrics import write_json
+    from s4d.io import write_json
 
     runs = shard_runs(plan, *shard)
     counts, started, total = Counts(), time.time(), len(runs)

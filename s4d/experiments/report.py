@@ -23,7 +23,8 @@ import numpy as np
 
 from s4d.data.labels import canonical_name
 from s4d.experiments.grid import ARMS, RESULT, RUNS_DIR
-from s4d.train.metrics import atomic_write_text, mean_std, save_figure, write_json
+from s4d.io import save_figure, write_json, write_text
+from s4d.train.metrics import mean_std
 
 REPORTS = Path("reports")
 HAND_WRITTEN = ("discussion", "recipe")  # README blocks that the generator keeps
@@ -572,7 +573,7 @@ def build_report(runs_dir: Path = RUNS_DIR, out_dir: Path = REPORTS) -> dict:
         plot_sfer_dfer(summary["per_class"], out_dir / "sfer_dfer.png")
     figures = {name for name in FIGURES if (out_dir / name).is_file()}
     write_json(out_dir / "summary.json", summary)
-    atomic_write_text(out_dir / "README.md", readme(records, summary, figures, kept))
+    write_text(out_dir / "README.md", readme(records, summary, figures, kept))
     return summary
 
 
