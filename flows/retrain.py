@@ -317,11 +317,11 @@ def pretrain_job(params_file: str, nproc_per_node: int, reuse: bool = True, host
     inputs = pretrain_inputs(params)
     key = inputs_hash(inputs)
     model = PRETRAIN_DIR / "model.pt"
-    stamp = _read_json(STAMP)
+    stamp = read_json(STAMP, {})
     if reuse and stamp.get("inputs") == key and stamp.get("model_sha256") and \
             sha256_or_none(model) == stamp["model_sha256"]:
         logger.info(f"pretraining inputs unchanged ({key}): reusing {model} from {stamp.get('finished')}")
-        return {**_read_json(PRETRAIN_DIR / "summary.json"), "reused": True, "inputs": key,
+        return {**read_json(PRETRAIN_DIR / "summary.json", {}), "reused": True, "inputs": key,
                 "model_sha256": stamp["model_sha256"]}
 
     STAMP.unlink(missing_ok=True)  # from here on, model.pt is not known to match anything
@@ -341,7 +341,7 @@ def pretrain_job(params_file: str, nproc_per_node: int, reuse: bool = True, host
     sha = sha256_or_none(model)
     write_json(STAMP, {"inputs": key, "model_sha256": sha, "detail": inputs,
                        "finished": datetime.now(timezone.utc).isoformat(), "command": cmd})
-    return {**_read_json(PRETRAIN_DIR / "summary.json"), "reused": False, "inputs": key, "model_sha256": sha,
+    return {**read_json(PRETRAIN_DIR / "summary.json", {}), "reused": False, "inputs": key, "model_sha256": sha,
             "exit_code": code, "command": " ".join(cmd)}
 
 
@@ -393,13 +393,6 @@ def package_job(params_file: str, build: bool, run_info: dict) -> dict:
     logger = get_run_logger()
     params = load_resolved(params_file)
     return package(params, build=build, run_info=run_info, log=logger.info)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return read_json(path)
-    except (OSError, ValueError):
-        return {}
 
 
 # ------------------------------------------------------------------------------------------- record

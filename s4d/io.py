@@ -82,14 +82,22 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return write_text(path, to_json(obj))
 
 
-def read_json(path: str | Path) -> Any:
-    """Parsed JSON; FileNotFoundError or ValueError naming the file otherwise."""
+_REQUIRED = object()
+
+
+def read_json(path: str | Path, default: Any = _REQUIRED) -> Any:
+    """Parsed JSON; FileNotFoundError or ValueError naming the file otherwise. With `default` (for a cache
+    stamp or a record that may not exist yet), `default` when the file cannot be read or is not JSON."""
     path = Path(path)
     try:
         return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        if default is not _REQUIRED:
+            return default
+        if isinstance(e, FileNotFoundError):
+            raise FileNotFoundError(f"{path} does not exist") from None
+        if isinstance(e, OSError):
+            raise
         raise ValueError(f"{path} is not valid JSON: {e}") from None
 
 

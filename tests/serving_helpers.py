@@ -20,8 +20,7 @@ from s4d.io import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 MEDIA = ROOT.parent / "shared" / "media"
-NO_TELEMETRY = {"BENTOML_DO_NOT_TRACK": "true", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1",
-                "OMP_WAIT_POLICY": "PASSIVE"}
+NO_TELEMETRY = {"BENTOML_DO_NOT_TRACK": "true", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
 LABELS = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
 
 
