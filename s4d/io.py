@@ -2,7 +2,9 @@
 
 A write goes to a temp file beside the target (same folder, so the rename stays on one file system) and
 is renamed over it: a reader, or a run that died half-way, never sees half a file. Temp names are
-`.<name>.<random>.tmp`, unique per call, so two writers (processes or threads) never share one.
+`.<name>.<pid>.<random>.tmp<suffix>`, unique per call, so two writers (processes or threads) never share
+one. The writer creates the temp file itself, so it gets the permissions of any new file (the umask's),
+not tempfile.mkstemp's owner-only 0600.
 
 Imports nothing of s4d: every layer may use it.
 """
@@ -11,8 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import socket
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,15 +26,15 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     the block ends without an exception, removed otherwise. The temp file keeps the target's suffix, for
     writers that pick the format from it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
-    tmp = Path(name)
+    if not path.parent.is_dir():  # one stat in the common case; mkdir(exist_ok) costs a failed syscall
+        path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp{path.suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
-    finally:
+    except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_text(path: str | Path, text: str) -> Path:

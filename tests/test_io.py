@@ -48,6 +48,16 @@ def test_atomic_output_keeps_the_suffix_for_writers_that_read_it(tmp_path):
     assert (tmp_path / "a.md").read_text() == "# a\n"
 
 
+def test_written_files_get_the_permissions_of_any_new_file(tmp_path):
+    """Not tempfile.mkstemp's owner-only 0600: a dataset or model written here must stay readable by whoever
+    could read a file the user wrote with open() (another account, a container, DVC's cache)."""
+    (tmp_path / "plain.txt").write_text("x")
+    expected = (tmp_path / "plain.txt").stat().st_mode & 0o777
+    for path in (write_text(tmp_path / "a.txt", "x"), write_json(tmp_path / "a.json", {}),
+                 save_torch({}, tmp_path / "a.pt")):
+        assert path.stat().st_mode & 0o777 == expected, path
+
+
 def test_save_torch_round_trip(tmp_path):
     save_torch({"w": torch.arange(4.0)}, tmp_path / "ckpt" / "model.pt")
     assert torch.equal(torch.load(tmp_path / "ckpt" / "model.pt")["w"], torch.arange(4.0))
