@@ -12,7 +12,6 @@ The hand-written blocks of an existing README, between `<!-- discussion -->` and
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import sys
@@ -23,7 +22,7 @@ import numpy as np
 
 from s4d.data.labels import canonical_name
 from s4d.experiments.grid import ARMS, RESULT, RUNS_DIR
-from s4d.io import save_figure, write_json, write_text
+from s4d.io import read_json, save_figure, write_json, write_text
 from s4d.train.metrics import mean_std
 
 REPORTS = Path("reports")
@@ -89,8 +88,8 @@ def load_records(runs_dir: Path = RUNS_DIR) -> list[dict]:
     records = []
     for path in paths:
         try:
-            records.append(json.loads(path.read_text()))
-        except json.JSONDecodeError as e:
+            records.append(read_json(path))
+        except ValueError as e:
             raise ReportError(f"{path}: not a run record ({e}); delete it and run the grid again to redo "
                               "that run") from None
     return records
@@ -182,7 +181,7 @@ def load_routing(records: list[dict]) -> list[tuple[int, dict]]:
     for r in records:
         path = Path(r.get("routing") or "")
         if path.is_file():
-            routing = json.loads(path.read_text())
+            routing = read_json(path)
             if routing.get("experts"):
                 out.append((r["seed"], routing))
     return out
