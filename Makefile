@@ -12,8 +12,6 @@ export DO_NOT_TRACK=1 BENTOML_DO_NOT_TRACK=true DVC_NO_ANALYTICS=1 HF_HUB_OFFLIN
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 # dvc runs each stage's `python -m ...` from PATH: make that the project's .venv.
 export PATH := $(abspath $(BIN)):$(PATH)
-# Idle OpenMP workers sleep instead of spinning (DeepSpeed runs threads of its own beside torch's).
-export OMP_WAIT_POLICY=PASSIVE
 
 .PHONY: repro test test-heavy env bench grid report
 

@@ -117,7 +117,7 @@ def measure(cfg, batch: int, precisions: list[str], device: str, rounds: int, pe
 
 
 def targets(row: dict) -> dict:
-    """The issue's targets at `base`, each met only when the IQR clears it."""
+    """The targets at `base` (MoAE step time over the plain ViT's), each met only when the IQR clears it."""
     out = {}
     for p in ("fp32", "bf16"):
         if p in row:

@@ -72,10 +72,9 @@ def worker(profile: str, zero: int, precision: str, steps: int, batch: int) -> N
 
 def run(profile: str, ranks: int, zero: int, precision: str, steps: int, batch: int) -> dict:
     args = ["-m", "benchmarks.bench_train", "--worker", profile, str(zero), precision, str(steps), str(batch)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // ranks)),
-           "OMP_WAIT_POLICY": "PASSIVE"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // ranks))}
     if ranks > 1:
-        from s4d.train.distributed import free_port
+        from s4d.io import free_port
 
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
                str(free_port()), *args]

@@ -46,8 +46,7 @@ MODULES: dict[str, list[str]] = {
 }
 STDERR_TAIL_BYTES = 4000
 # The children never reach the network, whether started by `make bench` (which exports these) or directly.
-NO_TELEMETRY = {"DO_NOT_TRACK": "1", "BENTOML_DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1",
-                "OMP_WAIT_POLICY": "PASSIVE"}
+NO_TELEMETRY = {"DO_NOT_TRACK": "1", "BENTOML_DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1"}
 
 # Source name -> (what writes it, base folder, path inside it).
 SOURCES: dict[str, tuple[str, str, str]] = {

@@ -46,6 +46,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import INPUTS, RUN_ID, TASK_SOURCE
 from prefect.states import Failed, State
 
+from s4d.io import free_port, read_json, sha256_file, write_json, write_text
 from s4d.locks import file_lock
 
 FLOW_DIR = Path("artifacts/flow")
@@ -113,18 +114,9 @@ TASK_OPTIONS = dict(persist_result=True, cache_policy=TASK_SOURCE + RUN_ID + INP
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def sha256_file(path: Path) -> Optional[str]:
+def sha256_or_none(path: Path) -> Optional[str]:
     """The file's sha256, or None when it does not exist (yet)."""
-    from s4d.registry import sha256_file as file_hash
-
-    return file_hash(path) if Path(path).is_file() else None
-
-
-def write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    return sha256_file(path) if Path(path).is_file() else None
 
 
 def load_resolved(params_file: str):
@@ -212,14 +204,6 @@ def child_env() -> dict:
     return env
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch_command(params_file: str, nproc_per_node: int, hostfile: str = "",
                    master_port: Optional[int] = None) -> list[str]:
     """The pretraining job: the project's launcher (s4d.train.launch) on this machine, or the DeepSpeed launcher
@@ -247,7 +231,7 @@ def pretrain_inputs(params) -> dict:
         code.update(path.name.encode() + path.read_bytes())
     cfg = to_dict(params.pretrain)
     cfg.pop("nproc_per_node", None)
-    return {"manifests": {t: sha256_file(prepared / f"{t}.csv") for t in ("dynamic", "static")},
+    return {"manifests": {t: sha256_or_none(prepared / f"{t}.csv") for t in ("dynamic", "static")},
             "model": to_dict(params.model), "pretrain": cfg, "frame_stride": params.data.frame_stride,
             "code": code.hexdigest()}
 
@@ -291,9 +275,7 @@ def check_inputs(dataset: str, profile: str, overrides: list[str], params_file: 
             raise InputError(f"dataset {dataset!r}: the {t} data is missing: {ds.root} is empty ({preset['hint']})")
     FLOW_DIR.mkdir(parents=True, exist_ok=True)
     plain = to_dict(params)
-    tmp = RESOLVED_PARAMS.with_name(f".{RESOLVED_PARAMS.name}.tmp-{os.getpid()}")
-    OmegaConf.save(OmegaConf.create(plain), tmp)
-    os.replace(tmp, RESOLVED_PARAMS)
+    write_text(RESOLVED_PARAMS, OmegaConf.to_yaml(OmegaConf.create(plain)))
     load_params(RESOLVED_PARAMS)  # the file every later step reads must load as it is
     logger.info(f"dataset {dataset} ({preset['description']}), profile {profile}, "
                 f"{len(overrides)} override(s); resolved params in {RESOLVED_PARAMS}")
@@ -335,11 +317,11 @@ def pretrain_job(params_file: str, nproc_per_node: int, reuse: bool = True, host
     inputs = pretrain_inputs(params)
     key = inputs_hash(inputs)
     model = PRETRAIN_DIR / "model.pt"
-    stamp = _read_json(STAMP)
+    stamp = read_json(STAMP, {})
     if reuse and stamp.get("inputs") == key and stamp.get("model_sha256") and \
-            sha256_file(model) == stamp["model_sha256"]:
+            sha256_or_none(model) == stamp["model_sha256"]:
         logger.info(f"pretraining inputs unchanged ({key}): reusing {model} from {stamp.get('finished')}")
-        return {**_read_json(PRETRAIN_DIR / "summary.json"), "reused": True, "inputs": key,
+        return {**read_json(PRETRAIN_DIR / "summary.json", {}), "reused": True, "inputs": key,
                 "model_sha256": stamp["model_sha256"]}
 
     STAMP.unlink(missing_ok=True)  # from here on, model.pt is not known to match anything
@@ -356,10 +338,10 @@ def pretrain_job(params_file: str, nproc_per_node: int, reuse: bool = True, host
                              + "\n".join(tail[-15:]))
     if not model.is_file():
         raise PretrainFailed(f"pretraining exited 0 but wrote no {model}")
-    sha = sha256_file(model)
+    sha = sha256_or_none(model)
     write_json(STAMP, {"inputs": key, "model_sha256": sha, "detail": inputs,
                        "finished": datetime.now(timezone.utc).isoformat(), "command": cmd})
-    return {**_read_json(PRETRAIN_DIR / "summary.json"), "reused": False, "inputs": key, "model_sha256": sha,
+    return {**read_json(PRETRAIN_DIR / "summary.json", {}), "reused": False, "inputs": key, "model_sha256": sha,
             "exit_code": code, "command": " ".join(cmd)}
 
 
@@ -368,7 +350,7 @@ def finetune_job(params_file: str, pretrain_sha: str) -> dict:
     from s4d.train.finetune import finetune
 
     params = load_resolved(params_file)
-    if params.finetune.init == "pretrain" and sha256_file(PRETRAIN_DIR / "model.pt") != pretrain_sha:
+    if params.finetune.init == "pretrain" and sha256_or_none(PRETRAIN_DIR / "model.pt") != pretrain_sha:
         raise RuntimeError(f"{PRETRAIN_DIR / 'model.pt'} changed since the pretrain step; another run?")
     summary = finetune(params, Path("artifacts/finetune"))
     return {k: summary.get(k) for k in ("best_epoch", "best", "epochs_run", "stopped_early", "steps", "wall_time_s",
@@ -411,13 +393,6 @@ def package_job(params_file: str, build: bool, run_info: dict) -> dict:
     logger = get_run_logger()
     params = load_resolved(params_file)
     return package(params, build=build, run_info=run_info, log=logger.info)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
 
 
 # ------------------------------------------------------------------------------------------- record

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 
@@ -23,7 +23,7 @@ class ConfigError(InputError):
     """A params file or override that does not fit the schema."""
 
 
-def rng(default: Any, lo: float | None = None, hi: float | None = None, choices: tuple | None = None):
+def between(default: Any, lo: float | None = None, hi: float | None = None, choices: tuple | None = None):
     """A dataclass field with an allowed range (inclusive) or a fixed set of choices."""
     return field(default=default, metadata={"lo": lo, "hi": hi, "choices": choices})
 
@@ -31,49 +31,49 @@ def rng(default: Any, lo: float | None = None, hi: float | None = None, choices:
 # ---------------------------------------------------------------------------------------------- model
 @dataclass
 class MoAEConfig:
-    layers: int = rng(3, 0, 64)  # MoAE on the last `layers` blocks; 0 = vanilla multi-task (no MoAE)
-    experts: int = rng(8, 1, 64)  # bottleneck adapters per MoAE layer
-    top_k: int = rng(2, 1, 8)  # experts each token is routed to (noisy top-k while training)
-    bottleneck: int = rng(48, 1, 4096)  # adapter hidden width
-    capacity_factor: float = rng(1.25, 0.1, 16.0)  # slots per expert = factor * tokens * top_k / experts
+    layers: int = between(3, 0, 64)  # MoAE on the last `layers` blocks; 0 = vanilla multi-task (no MoAE)
+    experts: int = between(8, 1, 64)  # bottleneck adapters per MoAE layer
+    top_k: int = between(2, 1, 8)  # experts each token is routed to (noisy top-k while training)
+    bottleneck: int = between(48, 1, 4096)  # adapter hidden width
+    capacity_factor: float = between(1.25, 0.1, 16.0)  # slots per expert = factor * tokens * top_k / experts
     # priority: slots rounded up, every first choice served before any second choice; official: rounded down,
     # each expert serves its tokens in batch order (the published S4D code; `s4d import` sets it for S4D files)
-    capacity: str = rng("priority", choices=("priority", "official"))  # how slots are counted and filled
+    capacity: str = between("priority", choices=("priority", "official"))  # how slots are counted and filled
 
 
 @dataclass
 class LGIConfig:
     region: List[int] = field(default_factory=lambda: [2, 4, 4])  # local region in tokens (t, h, w)
-    tokens: int = rng(1, 1, 64)  # learnable representative tokens per region (MAE-DFER: 1)
+    tokens: int = between(1, 1, 64)  # learnable representative tokens per region (MAE-DFER: 1)
 
 
 @dataclass
 class ModelConfig:
-    img_size: int = rng(64, 16, 1024)  # square input frames, pixels
-    patch_size: int = rng(8, 2, 64)  # tubelet height and width, pixels
-    num_frames: int = rng(8, 2, 128)  # frames per clip
-    tubelet_size: int = rng(2, 1, 8)  # frames per tubelet; an image is repeated to one tubelet
-    embed_dim: int = rng(192, 16, 4096)  # encoder width
-    depth: int = rng(6, 1, 64)  # encoder blocks
-    num_heads: int = rng(3, 1, 64)
-    mlp_ratio: float = rng(4.0, 0.5, 16.0)
-    drop_path: float = rng(0.1, 0.0, 0.9)  # stochastic depth at the last block (fine-tuning only)
+    img_size: int = between(64, 16, 1024)  # square input frames, pixels
+    patch_size: int = between(8, 2, 64)  # tubelet height and width, pixels
+    num_frames: int = between(8, 2, 128)  # frames per clip
+    tubelet_size: int = between(2, 1, 8)  # frames per tubelet; an image is repeated to one tubelet
+    embed_dim: int = between(192, 16, 4096)  # encoder width
+    depth: int = between(6, 1, 64)  # encoder blocks
+    num_heads: int = between(3, 1, 64)
+    mlp_ratio: float = between(4.0, 0.5, 16.0)
+    drop_path: float = between(0.1, 0.0, 0.9)  # stochastic depth at the last block (fine-tuning only)
     # sincos3d: separate time/height/width channels; sincos_flat: the published VideoMAE / MAE-DFER / S4D
     # table over the flattened token index (sin/cos interleaved); learned: a trained table stored with the weights.
-    pos_embed: str = rng("sincos3d", choices=("sincos3d", "sincos_flat", "learned"))
+    pos_embed: str = between("sincos3d", choices=("sincos3d", "sincos_flat", "learned"))
     # hmlp: a patch-local 3-stage MLP stem (DeiT III) with which small ViTs learn from little data in minutes.
-    stem: str = rng("hmlp", choices=("linear", "hmlp"))  # tubelet embedding: linear (published checkpoints) or hmlp
+    stem: str = between("hmlp", choices=("linear", "hmlp"))  # tubelet embedding: linear (published checkpoints) or hmlp
     # mean: the paper's (VideoMAE) average over tokens. max: the strongest response of each channel over all
     # tokens; a small expression cue (a mouth corner, a brow) is not diluted by the many tokens that only show
     # who the person is, so a tiny ViT leaves its early loss plateau in tens of steps rather than hundreds.
-    pool: str = rng("max", choices=("mean", "max"))  # token pooling before the heads: mean (paper) or max
-    decoder_dim: int = rng(128, 16, 4096)  # MAE decoder width (pretraining only)
-    decoder_depth: int = rng(2, 1, 32)
-    decoder_heads: int = rng(4, 1, 64)
+    pool: str = between("max", choices=("mean", "max"))  # token pooling before the heads: mean (paper) or max
+    decoder_dim: int = between(128, 16, 4096)  # MAE decoder width (pretraining only)
+    decoder_depth: int = between(2, 1, 32)
+    decoder_heads: int = between(4, 1, 64)
     moae: MoAEConfig = field(default_factory=MoAEConfig)
     # vit: global space-time attention. lgi: MAE-DFER's LGI-Former (attention inside regions, representative
     # tokens attend globally and back); the classifier pools the representative tokens.
-    encoder: str = rng("vit", choices=("vit", "lgi"))  # vit, or lgi (MAE-DFER's LGI-Former)
+    encoder: str = between("vit", choices=("vit", "lgi"))  # vit, or lgi (MAE-DFER's LGI-Former)
     lgi: LGIConfig = field(default_factory=LGIConfig)  # used when encoder is lgi
 
 
@@ -98,30 +98,30 @@ class SyntheticConfig:
     seed: int = 0  # every sample is seeded from (seed, kind, index): same seed -> same bytes
     root: str = "data/synthetic"  # output folder (videos/, images/, meta.json)
     # videos (DFEW layout)
-    frame_size: int = rng(96, 16, 1024)  # rendered square video frame, pixels
-    num_frames: int = rng(16, 1, 512)  # frames per clip (all clips the same length)
-    video_identities: int = rng(80, 1, 100000)  # people in the videos
-    clips_per_identity: int = rng(6, 1, 1000)  # clips per video identity (any expression mix)
-    partial_clip_rate: float = rng(0.25, 0.0, 1.0)  # expressive clips whose expression spans part of the clip
-    min_intensity: float = rng(0.85, 0.0, 1.0)  # weakest apex intensity of an expression (1 = full prototype)
-    lookalike_blend: float = rng(0.2, 0.0, 1.0)  # most an expression blends towards its look-alike
-    apex_start_rate: float = rng(0.15, 0.0, 1.0)  # expressive clips at the apex from frame 1 (no onset)
-    face_scale: float = rng(0.45, 0.05, 1.0)  # face half-width / frame width (aligned crops)
+    frame_size: int = between(96, 16, 1024)  # rendered square video frame, pixels
+    num_frames: int = between(16, 1, 512)  # frames per clip (all clips the same length)
+    video_identities: int = between(80, 1, 100000)  # people in the videos
+    clips_per_identity: int = between(6, 1, 1000)  # clips per video identity (any expression mix)
+    partial_clip_rate: float = between(0.25, 0.0, 1.0)  # expressive clips whose expression spans part of the clip
+    min_intensity: float = between(0.85, 0.0, 1.0)  # weakest apex intensity of an expression (1 = full prototype)
+    lookalike_blend: float = between(0.2, 0.0, 1.0)  # most an expression blends towards its look-alike
+    apex_start_rate: float = between(0.15, 0.0, 1.0)  # expressive clips at the apex from frame 1 (no onset)
+    face_scale: float = between(0.45, 0.05, 1.0)  # face half-width / frame width (aligned crops)
     # static images (RAF-DB layout)
-    image_size: int = rng(96, 16, 1024)  # rendered square still image, pixels
-    image_identity_ratio: float = rng(10.0, 0.0, 1000.0)  # image identities per video identity
-    images_per_identity: int = rng(2, 1, 1000)  # stills per image identity
+    image_size: int = between(96, 16, 1024)  # rendered square still image, pixels
+    image_identity_ratio: float = between(10.0, 0.0, 1000.0)  # image identities per video identity
+    images_per_identity: int = between(2, 1, 1000)  # stills per image identity
     # identity-disjoint splits (same fractions for videos and images)
-    val_fraction: float = rng(0.1, 0.0, 0.9)  # identities in val (inside the train lists)
-    test_fraction: float = rng(0.2, 0.0, 0.9)  # identities in test
+    val_fraction: float = between(0.1, 0.0, 0.9)  # identities in val (inside the train lists)
+    test_fraction: float = between(0.2, 0.0, 0.9)  # identities in test
     # nuisances
-    supersample: int = rng(2, 1, 8)  # draw at this multiple of the output size, then INTER_AREA down (anti-aliasing)
-    occlusion_rate: float = rng(0.02, 0.0, 1.0)  # share of samples with a hand/object in front of the face
-    glasses_rate: float = rng(0.25, 0.0, 1.0)  # share of identities wearing glasses
-    max_yaw_deg: float = rng(8.0, 0.0, 90.0)  # head yaw reaches about +-75 % of this; pitch about half, roll a fifth
-    noise_std: float = rng(2.0, 0.0, 255.0)  # upper bound of sensor noise, in 0..255 grey levels
-    max_blur_sigma: float = rng(0.4, 0.0, 20.0)  # upper bound of defocus blur, output pixels
-    jpeg_quality_min: int = rng(80, 1, 95)  # each sample is written at a quality drawn from [jpeg_quality_min, 95]
+    supersample: int = between(2, 1, 8)  # draw at this multiple of the output size, then INTER_AREA down (anti-aliasing)
+    occlusion_rate: float = between(0.02, 0.0, 1.0)  # share of samples with a hand/object in front of the face
+    glasses_rate: float = between(0.25, 0.0, 1.0)  # share of identities wearing glasses
+    max_yaw_deg: float = between(8.0, 0.0, 90.0)  # head yaw reaches about +-75 % of this; pitch about half, roll a fifth
+    noise_std: float = between(2.0, 0.0, 255.0)  # upper bound of sensor noise, in 0..255 grey levels
+    max_blur_sigma: float = between(0.4, 0.0, 20.0)  # upper bound of defocus blur, output pixels
+    jpeg_quality_min: int = between(80, 1, 95)  # each sample is written at a quality drawn from [jpeg_quality_min, 95]
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -129,7 +129,7 @@ class SyntheticConfig:
 class DatasetConfig:
     reader: str = "synthetic_video"  # dfew, ferv39k, mafw, rafdb, affectnet, affectnet8, ferplus, folder, synthetic_*
     root: str = "data/synthetic/videos"
-    fold: int = rng(1, 1, 5)  # for 5-fold datasets (DFEW, MAFW)
+    fold: int = between(1, 1, 5)  # for 5-fold datasets (DFEW, MAFW)
 
 
 @dataclass
@@ -138,49 +138,49 @@ class DataConfig:
     static: DatasetConfig = field(
         default_factory=lambda: DatasetConfig(reader="synthetic_image", root="data/synthetic/images"))
     prepared_dir: str = "artifacts/prepared"
-    face_size: int = rng(112, 32, 1024)  # aligned face crops written for raw videos, pixels
-    val_fraction: float = rng(0.15, 0.0, 0.5)  # carved from train when the dataset has no val split
+    face_size: int = between(112, 32, 1024)  # aligned face crops written for raw videos, pixels
+    val_fraction: float = between(0.15, 0.0, 0.5)  # carved from train when the dataset has no val split
     seed: int = 0  # for the val carve
-    frame_stride: int = rng(2, 1, 16)  # a clip takes every n-th frame
+    frame_stride: int = between(2, 1, 16)  # a clip takes every n-th frame
     # ours: short side to img_size then centre crop, test clips spread from the first to the last frame.
     # official: the published S4D / VideoMAE code's (frames squashed to img_size x img_size, test clips on the
     # stride grid from frame 0, stills squashed; fine-tuning stills squashed to 1.2 x img_size then a random crop).
-    transforms: str = rng("ours", choices=("ours", "official"))  # fine-tuning and evaluation inputs
-    workers: int = rng(2, 0, 64)  # data loader / face detection processes
+    transforms: str = between("ours", choices=("ours", "official"))  # fine-tuning and evaluation inputs
+    workers: int = between(2, 0, 64)  # data loader / face detection processes
     balanced_sampling: bool = False  # fine-tuning draws each class equally often
 
 
 @dataclass
 class ValidateConfig:
-    min_class_share: float = rng(0.01, 0.0, 1.0)  # real DFEW has 1.2 % disgust
-    max_class_share: float = rng(0.6, 0.0, 1.0)
-    min_size: int = rng(32, 1, 4096)  # smallest frame height/width, pixels
+    min_class_share: float = between(0.01, 0.0, 1.0)  # real DFEW has 1.2 % disgust
+    max_class_share: float = between(0.6, 0.0, 1.0)
+    min_size: int = between(32, 1, 4096)  # smallest frame height/width, pixels
 
 
 # ------------------------------------------------------------------------------------------- training
 @dataclass
 class PretrainConfig:
-    epochs: int = rng(4, 1, 10000)  # an epoch is one pass over the training videos
-    batch_size: int = rng(16, 1, 4096)  # videos per rank and step
-    image_batch_size: int = rng(64, 1, 16384)  # per rank; images are 1 tubelet, so they are cheap
-    image_step_share: float = rng(0.5, 0.0, 1.0)  # share of steps that are image steps
-    video_mask_ratio: float = rng(0.9, 0.0, 0.99)  # share of video tokens hidden (paper: 0.95)
-    image_mask_ratio: float = rng(0.75, 0.0, 0.99)  # share of image tokens hidden (paper: 0.9)
+    epochs: int = between(4, 1, 10000)  # an epoch is one pass over the training videos
+    batch_size: int = between(16, 1, 4096)  # videos per rank and step
+    image_batch_size: int = between(64, 1, 16384)  # per rank; images are 1 tubelet, so they are cheap
+    image_step_share: float = between(0.5, 0.0, 1.0)  # share of steps that are image steps
+    video_mask_ratio: float = between(0.9, 0.0, 0.99)  # share of video tokens hidden (paper: 0.95)
+    image_mask_ratio: float = between(0.75, 0.0, 0.99)  # share of image tokens hidden (paper: 0.9)
     tube_masking: bool = False  # hide the same patches in every frame (else random per token)
     # pixels+motion (MAE-DFER): per tubelet, the first frame's normalised pixels and the later frames'
     # differences to it; images keep the pixel target (a still has no motion).
-    target: str = rng("pixels", choices=("pixels", "pixels+motion"))  # video reconstruction target
-    motion_weight: float = rng(0.5, 0.0, 1.0)  # loss = (1 - w) appearance + w motion (0.5: MAE-DFER's script)
-    base_lr: float = rng(0.024, 0.0, 1.0)  # lr = base_lr * global_batch / 256
-    min_lr: float = rng(1e-6, 0.0, 1.0)
-    weight_decay: float = rng(0.05, 0.0, 1.0)
-    warmup_epochs: float = rng(1.0, 0.0, 1000.0)
-    clip_grad: float = rng(1.0, 0.0, 1000.0)
-    zero_stage: int = rng(2, 0, 3)
-    nproc_per_node: int = rng(1, 1, 64)  # > 1: the stage starts torchrun with this many processes
-    precision: str = rng("auto", choices=("auto", "bf16", "fp32"))  # auto: bf16 on CUDA that has it
-    checkpoint_every: int = rng(200, 1, 10**9)  # steps between resumable checkpoints
-    keep_last: int = rng(2, 1, 1000)  # checkpoints kept
+    target: str = between("pixels", choices=("pixels", "pixels+motion"))  # video reconstruction target
+    motion_weight: float = between(0.5, 0.0, 1.0)  # loss = (1 - w) appearance + w motion (0.5: MAE-DFER's script)
+    base_lr: float = between(0.024, 0.0, 1.0)  # lr = base_lr * global_batch / 256
+    min_lr: float = between(1e-6, 0.0, 1.0)
+    weight_decay: float = between(0.05, 0.0, 1.0)
+    warmup_epochs: float = between(1.0, 0.0, 1000.0)
+    clip_grad: float = between(1.0, 0.0, 1000.0)
+    zero_stage: int = between(2, 0, 3)
+    nproc_per_node: int = between(1, 1, 64)  # > 1: the stage starts torchrun with this many processes
+    precision: str = between("auto", choices=("auto", "bf16", "fp32"))  # auto: bf16 on CUDA that has it
+    checkpoint_every: int = between(200, 1, 10**9)  # steps between resumable checkpoints
+    keep_last: int = between(2, 1, 1000)  # checkpoints kept
     seed: int = 0
 
 
@@ -189,53 +189,53 @@ class FinetuneConfig:
     # scratch on the embedded default: the minute of MAE that `dvc repro` affords leaves every token of an image
     # holding the same image-wide average (rms 12 vs 1 at random init), a worse start than random (docs/recipe.md).
     init: str = "scratch"  # "pretrain" (our MAE output), "scratch", or a path to a checkpoint file
-    epochs: int = rng(16, 1, 10000)  # an epoch is one pass over the training videos
-    batch_size: int = rng(8, 1, 4096)  # videos per dynamic step
-    image_batch_size: int = rng(16, 1, 16384)  # images per static step
-    static_share: float = rng(0.5, 0.0, 1.0)  # share of steps on static data; 0 = video-only baseline
-    base_lr: float = rng(0.032, 0.0, 1.0)  # lr = base_lr * batch_size / 256
-    min_lr: float = rng(1e-6, 0.0, 1.0)
-    weight_decay: float = rng(0.05, 0.0, 1.0)
-    layer_decay: float = rng(0.85, 0.0, 1.0)  # LR scale per block below the head (layer-wise decay)
-    warmup_epochs: float = rng(1.0, 0.0, 1000.0)
-    clip_grad: float = rng(1.0, 0.0, 1000.0)
-    balance_weight: float = rng(0.01, 0.0, 10.0)  # MoAE load-balancing loss weight
-    label_smoothing: float = rng(0.1, 0.0, 0.5)
-    crop_scale: float = rng(0.7, 0.05, 1.0)  # random resized crop keeps at least this share of the area
+    epochs: int = between(16, 1, 10000)  # an epoch is one pass over the training videos
+    batch_size: int = between(8, 1, 4096)  # videos per dynamic step
+    image_batch_size: int = between(16, 1, 16384)  # images per static step
+    static_share: float = between(0.5, 0.0, 1.0)  # share of steps on static data; 0 = video-only baseline
+    base_lr: float = between(0.032, 0.0, 1.0)  # lr = base_lr * batch_size / 256
+    min_lr: float = between(1e-6, 0.0, 1.0)
+    weight_decay: float = between(0.05, 0.0, 1.0)
+    layer_decay: float = between(0.85, 0.0, 1.0)  # LR scale per block below the head (layer-wise decay)
+    warmup_epochs: float = between(1.0, 0.0, 1000.0)
+    clip_grad: float = between(1.0, 0.0, 1000.0)
+    balance_weight: float = between(0.01, 0.0, 10.0)  # MoAE load-balancing loss weight
+    label_smoothing: float = between(0.1, 0.0, 0.5)
+    crop_scale: float = between(0.7, 0.05, 1.0)  # random resized crop keeps at least this share of the area
     rand_augment: bool = False  # RandAugment (2 ops, magnitude 9), the same ops on every frame of a clip
-    erase_prob: float = rng(0.0, 0.0, 1.0)  # random erasing (timm) per frame
-    mixup: float = rng(0.0, 0.0, 10.0)  # mixup alpha (0 = off)
-    cutmix: float = rng(0.0, 0.0, 10.0)  # cutmix alpha (0 = off)
-    patience: int = rng(6, 1, 10000)  # epochs without val improvement before stopping
-    select_metric: str = rng("uar", choices=("uar", "war"))  # the val metric that picks the checkpoint
-    precision: str = rng("auto", choices=("auto", "bf16", "fp32"))  # also used by evaluate
+    erase_prob: float = between(0.0, 0.0, 1.0)  # random erasing (timm) per frame
+    mixup: float = between(0.0, 0.0, 10.0)  # mixup alpha (0 = off)
+    cutmix: float = between(0.0, 0.0, 10.0)  # cutmix alpha (0 = off)
+    patience: int = between(6, 1, 10000)  # epochs without val improvement before stopping
+    select_metric: str = between("uar", choices=("uar", "war"))  # the val metric that picks the checkpoint
+    precision: str = between("auto", choices=("auto", "bf16", "fp32"))  # also used by evaluate
     seed: int = 0
-    nproc_per_node: int = rng(1, 1, 64)  # > 1: fine-tuning and evaluation start this many processes (s4d.train.launch)
-    micro_batch: int = rng(0, 0, 4096)  # most samples one forward takes (gradient accumulation); 0 = batch / ranks
-    checkpoint_every: int = rng(50, 1, 10**9)  # steps between resumable checkpoints (and one after each epoch)
-    keep_last: int = rng(2, 1, 1000)  # resumable checkpoints kept
+    nproc_per_node: int = between(1, 1, 64)  # > 1: fine-tuning and evaluation start this many processes (s4d.train.launch)
+    micro_batch: int = between(0, 0, 4096)  # most samples one forward takes (gradient accumulation); 0 = batch / ranks
+    checkpoint_every: int = between(50, 1, 10**9)  # steps between resumable checkpoints (and one after each epoch)
+    keep_last: int = between(2, 1, 1000)  # resumable checkpoints kept
 
 
 @dataclass
 class EvaluateConfig:
-    clips: int = rng(2, 1, 32)  # temporal views per video
-    crops: int = rng(1, 1, 3)  # spatial views per clip (1 = centre; 3 = left/centre/right)
-    batch_size: int = rng(16, 1, 4096)  # videos per forward (each with clips x crops views)
+    clips: int = between(2, 1, 32)  # temporal views per video
+    crops: int = between(1, 1, 3)  # spatial views per clip (1 = centre; 3 = left/centre/right)
+    batch_size: int = between(16, 1, 4096)  # videos per forward (each with clips x crops views)
 
 
 @dataclass
 class LaunchConfig:
-    timeout_s: float = rng(60.0, 5.0, 86400.0)  # longest a rank waits in a collective (a lost node, a cut link)
-    grace_s: float = rng(120.0, 1.0, 86400.0)  # after SIGTERM, time the workers get to checkpoint before SIGKILL
+    timeout_s: float = between(60.0, 5.0, 86400.0)  # longest a rank waits in a collective (a lost node, a cut link)
+    grace_s: float = between(120.0, 1.0, 86400.0)  # after SIGTERM, time the workers get to checkpoint before SIGKILL
     socket_ifname: str = ""  # network interface for gloo/NCCL (GLOO_SOCKET_IFNAME); "" = their own choice
 
 
 @dataclass
 class GateConfig:
-    min_uar: float = rng(0.25, 0.0, 1.0)  # absolute floor on the dynamic test UAR (7 classes: chance 0.14)
-    min_war: float = rng(0.25, 0.0, 1.0)  # absolute floor on the dynamic test WAR
-    max_uar_drop: float = rng(0.01, 0.0, 1.0)  # tolerated UAR drop vs the champion, absolute (0.01 = 1 point)
-    max_war_drop: float = rng(0.01, 0.0, 1.0)  # tolerated WAR drop vs the champion
+    min_uar: float = between(0.25, 0.0, 1.0)  # absolute floor on the dynamic test UAR (7 classes: chance 0.14)
+    min_war: float = between(0.25, 0.0, 1.0)  # absolute floor on the dynamic test WAR
+    max_uar_drop: float = between(0.01, 0.0, 1.0)  # tolerated UAR drop vs the champion, absolute (0.01 = 1 point)
+    max_war_drop: float = between(0.01, 0.0, 1.0)  # tolerated WAR drop vs the champion
     reevaluate_champion: bool = True  # score the champion on the candidate's test split (else: stored metrics)
 
 
@@ -249,7 +249,7 @@ PRESETS = {"paper": {"data": {"transforms": "official", "frame_stride": 4}, "eva
 @dataclass
 class Params:
     profile: str = "tiny"  # key of `models` the stages build
-    preset: str = rng("none", choices=("none", *PRESETS))  # paper: the published models' inputs (PRESETS)
+    preset: str = between("none", choices=("none", *PRESETS))  # paper: the published models' inputs (PRESETS)
     models: Dict[str, ModelConfig] = field(
         default_factory=lambda: {"tiny": tiny_profile(), "base": base_profile()})
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)

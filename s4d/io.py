@@ -2,7 +2,9 @@
 
 A write goes to a temp file beside the target (same folder, so the rename stays on one file system) and
 is renamed over it: a reader, or a run that died half-way, never sees half a file. Temp names are
-`.<name>.<random>.tmp`, unique per call, so two writers (processes or threads) never share one.
+`.<name>.<pid>.<random>.tmp<suffix>`, unique per call, so two writers (processes or threads) never share
+one. The writer creates the temp file itself, so it gets the permissions of any new file (the umask's),
+not tempfile.mkstemp's owner-only 0600.
 
 Imports nothing of s4d: every layer may use it.
 """
@@ -11,8 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import socket
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,15 +26,15 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     the block ends without an exception, removed otherwise. The temp file keeps the target's suffix, for
     writers that pick the format from it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
-    tmp = Path(name)
+    if not path.parent.is_dir():  # one stat in the common case; mkdir(exist_ok) costs a failed syscall
+        path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp{path.suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
-    finally:
+    except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -44,6 +46,20 @@ def write_text(path: str | Path, text: str) -> Path:
 def write_bytes(path: str | Path, data: bytes) -> Path:
     with atomic_output(path) as tmp:
         tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_csv(path: str | Path, df: Any) -> Path:
+    """A pandas DataFrame as CSV without its index."""
+    with atomic_output(path) as tmp:
+        df.to_csv(tmp, index=False)
+    return Path(path)
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
+    """A matplotlib figure; the format comes from the suffix of `path` (the temp file keeps it)."""
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=dpi)
     return Path(path)
 
 
@@ -68,14 +84,22 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return write_text(path, to_json(obj))
 
 
-def read_json(path: str | Path) -> Any:
-    """Parsed JSON; FileNotFoundError or ValueError naming the file otherwise."""
+_REQUIRED = object()
+
+
+def read_json(path: str | Path, default: Any = _REQUIRED) -> Any:
+    """Parsed JSON; FileNotFoundError or ValueError naming the file otherwise. With `default` (for a cache
+    stamp or a record that may not exist yet), `default` when the file cannot be read or is not JSON."""
     path = Path(path)
     try:
         return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        if default is not _REQUIRED:
+            return default
+        if isinstance(e, FileNotFoundError):
+            raise FileNotFoundError(f"{path} does not exist") from None
+        if isinstance(e, OSError):
+            raise
         raise ValueError(f"{path} is not valid JSON: {e}") from None
 
 

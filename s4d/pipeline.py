@@ -12,36 +12,18 @@ Both take `--params FILE` and `key=value` overrides like every stage.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 
 from s4d.config import Params
+from s4d.io import read_json, sha256_file, write_json
 from s4d.stage import load_stage_params
 
 INIT_FILE = Path("artifacts/finetune_init.json")
 METRICS_FILE = Path("metrics.json")
 EVAL_METRICS = Path("artifacts/eval/metrics.json")
 FINETUNE_SUMMARY = Path("artifacts/finetune/summary.json")
-
-
-def write_json(path: Path, obj: dict) -> None:
-    """Through a temporary file and a rename: a killed step never leaves half a file. (Not s4d.train.metrics's:
-    importing s4d.train loads torch, seconds that a step writing a few numbers should not pay.)"""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def finetune_init(params: Params, out: Path = INIT_FILE) -> dict:
@@ -52,7 +34,7 @@ def finetune_init(params: Params, out: Path = INIT_FILE) -> dict:
     if init != "scratch":
         path = PRETRAIN_CHECKPOINT if init == "pretrain" else Path(init)
         # A missing file is fine-tuning's error to report (it names the stage to run); here it only hashes.
-        source.update(path=str(path), sha256=file_sha256(path) if path.is_file() else None)
+        source.update(path=str(path), sha256=sha256_file(path) if path.is_file() else None)
     write_json(out, source)
     return source
 
@@ -60,8 +42,8 @@ def finetune_init(params: Params, out: Path = INIT_FILE) -> dict:
 def summarise(eval_metrics: Path = EVAL_METRICS, finetune_summary: Path = FINETUNE_SUMMARY,
               out: Path = METRICS_FILE) -> dict:
     """Four to eight numbers, rounded to what the test sets resolve (hundreds of samples)."""
-    report = json.loads(eval_metrics.read_text())
-    best = json.loads(finetune_summary.read_text()).get("best", {})
+    report = read_json(eval_metrics)
+    best = read_json(finetune_summary).get("best", {})
     metrics: dict = {"test": {}, "val": {}}
     for task in ("dynamic", "static"):
         if task in report:

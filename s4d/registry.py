@@ -93,15 +93,19 @@ class ModelRecord:
 
 
 # ------------------------------------------------------------------------------------------ the store
-def _store():
+def _store_folder() -> Path:
+    """The model store's folder: the one place s4d reaches into BentoML internals. BentoML 1.4 has no public
+    API for it (bentoml.models.list raises on a version another process is still copying in, and offers
+    no folder for a lock file), and the folder follows BENTOML_HOME or BentoML's config, so it is read
+    from BentoML rather than computed here."""
     from bentoml._internal.configuration.containers import BentoMLContainer
-    return BentoMLContainer.model_store.get()
+    return Path(BentoMLContainer.model_store.get()._path)
 
 
 @contextlib.contextmanager
 def _lock() -> Iterator[None]:
     """One promotion / rollback at a time (flock on a file beside the model store)."""
-    with file_lock(Path(_store()._path) / f".{CHAMPION}.lock"):
+    with file_lock(_store_folder() / f".{CHAMPION}.lock"):
         yield
 
 
@@ -129,7 +133,7 @@ def _list(name: str) -> list[ModelRecord]:
     import bentoml
     from bentoml.exceptions import BentoMLException
 
-    folder = Path(_store()._path) / name
+    folder = _store_folder() / name
     if not folder.is_dir():
         return []
     records = []

@@ -31,6 +31,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import torch  # noqa: E402
 
 from benchmarks.common import machine, matmul_peak, timed  # noqa: E402
+from s4d.io import write_json  # noqa: E402
 
 MICRO = ["models.tiny.img_size=32", "models.tiny.patch_size=8", "models.tiny.num_frames=4",
          "models.tiny.embed_dim=64", "models.tiny.depth=2", "models.tiny.num_heads=2",
@@ -163,10 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         run("throughput", lambda: {"profile": profile,
                                    **throughput(profile, batch, steps, device.type == "cuda", device, peak["flops"])})
     record["seconds"] = round(time.time() - started, 1)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_name(f".{out.name}.tmp")
-    tmp_out.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp_out, out)
+    write_json(out, record)
     failed = [name for name, step in record["steps"].items() if not step["ok"]]
     print(f"written {out} in {record['seconds']} s" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import os
 
-# Before torch loads: OpenMP threads that wait passively do not starve the decoder and the event loop.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import s4d  # noqa: F401  (first, before torch loads: it sets OpenMP's wait policy)
 
 import logging  # noqa: E402
 import time  # noqa: E402

@@ -1,7 +1,7 @@
 import os
 
-# Before torch loads: idle OpenMP workers sleep instead of spinning (see s4d/train/__init__.py).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import s4d  # noqa: E402,F401  (first, before torch loads: it sets OpenMP's wait policy)
+
 # Tests never reach the network or send telemetry.
 for key, value in {"DO_NOT_TRACK": "1", "BENTOML_DO_NOT_TRACK": "true", "DVC_NO_ANALYTICS": "1",
                    "HF_HUB_OFFLINE": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}.items():

@@ -9,7 +9,6 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from s4d.io import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 MEDIA = ROOT.parent / "shared" / "media"
-NO_TELEMETRY = {"BENTOML_DO_NOT_TRACK": "true", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1",
-                "OMP_WAIT_POLICY": "PASSIVE"}
+NO_TELEMETRY = {"BENTOML_DO_NOT_TRACK": "true", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
 LABELS = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
 
 
@@ -28,12 +28,6 @@ def bentoml_cli() -> list[str]:
     """The bentoml command of this interpreter's environment."""
     exe = Path(sys.executable).with_name("bentoml")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "bentoml"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def env_for(home: str | os.PathLike, **extra: str) -> dict[str, str]:

@@ -10,12 +10,13 @@ import torch
 import toydata
 from s4d.data.loaders import ClipDataset
 from s4d.data.manifest import read_manifest
+from s4d.io import write_json
 from s4d.models import MaskedAutoencoder, S4DClassifier
 from s4d.models.checkpoint import save_checkpoint
 from s4d.train.evaluate import EvaluateError, evaluate, main
 from s4d.train.finetune import loader, predict
 from s4d.train.metrics import (class_names, classification_metrics, confusion_matrix, mean_std, per_class_recall,
-                               plot_confusion, predictions_table, summarise_folds, uar, war, write_json)
+                               plot_confusion, predictions_table, summarise_folds, uar, war)
 
 
 # root and joint (the toy data and its S4D run) are shared session fixtures (conftest.py).

@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from conftest import MICRO_MODEL, ROOT, bentoml_home
 from flows.retrain import stop_process_group
 from flows.worker import descendants
 from s4d import registry
+from s4d.io import free_port
 from test_registry import STUB_BENTOFILE, STUB_SERVICE
 
 CLASSES = ("c0", "c1", "c2")
@@ -235,12 +235,6 @@ def test_launch_commands():
 
 
 # --------------------------------------------------------------- a real server, worker and deployments
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def prefect_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "prefect", *args]
 

@@ -161,3 +161,34 @@ def test_every_module_imports_in_any_order():
         out = subprocess.run([sys.executable, "-c", code, *order], cwd=ROOT, env=env, capture_output=True,
                              text=True, timeout=600)
         assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+# ------------------------------------------------------------------------ thread settings, in one place
+def first_import_of(path: Path, names: tuple[str, ...]) -> str | None:
+    """The first of `names` (top-level packages) that a file imports at module level."""
+    for node in ast.parse(path.read_text()).body:
+        mods = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+        for mod in mods:
+            top = mod.split(".")[0]
+            if top in names:
+                return top
+    return None
+
+
+def test_openmp_wait_policy_is_set_in_one_place_and_before_torch_loads():
+    """libgomp reads OMP_WAIT_POLICY once, when torch loads: s4d/__init__.py sets it, and the entry points
+    that could load torch before any s4d module import s4d first."""
+    setters = sorted(p.relative_to(ROOT).as_posix() for folder in ("s4d", "serving", "flows", "benchmarks", "scripts")
+                     for p in (ROOT / folder).rglob("*") if p.is_file() and p.suffix in (".py", ".yaml", ".sh")
+                     and "OMP_WAIT_POLICY" in p.read_text())
+    assert setters == ["s4d/__init__.py"]
+    assert "OMP_WAIT_POLICY" not in (ROOT / "Makefile").read_text()
+    for entry in ("serving/service.py", "benchmarks/__init__.py", "tests/conftest.py"):
+        assert first_import_of(ROOT / entry, ("s4d", "torch", "serving", "benchmarks")) == "s4d", entry
+    code = "import os, s4d; print(os.environ['OMP_WAIT_POLICY'])"
+    clean = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    for env, expected in ((clean, "PASSIVE"), ({**clean, "OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE")):  # the user's wins
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)},
+                             capture_output=True, text=True, timeout=60)
+        assert out.stdout.strip() == expected, out.stderr

@@ -226,7 +226,7 @@ def test_two_nodes_on_loopback_lose_a_node_exit_named_and_resume_exactly(project
     """Two launchers as two nodes (one rank each). Node 1 is killed (its whole process group) while its rank
     waits after step 7: node 0 ends within 60 s naming its rank; restarting both resumes from step 6 and
     ends with the weights of a single-node 2-process run."""
-    from s4d.train.distributed import free_port
+    from s4d.io import free_port
 
     # One thread per rank, as the single-node launcher gives each of its 2 ranks on this machine: the same
     # float summation order, so the same bits.

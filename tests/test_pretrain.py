@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import MICRO_MODEL, ROOT, run_module
-from s4d.train.distributed import free_port
+from s4d.io import free_port
 
 pytestmark = pytest.mark.slow
 

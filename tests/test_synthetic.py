@@ -99,7 +99,7 @@ def test_meta_counts_match_the_files(tiny):
     assert meta["videos"]["per_split"] == {s: sum(r["split"] == s for r in who) for s in ("train", "val", "test")}
     assert sum(sum(c.values()) for c in meta["videos"]["per_class"].values()) == len(who)
     assert meta["images"]["total"] == len(read_csv(tiny / "images" / "identities.csv"))
-    leftovers = [p for p in tiny.parent.iterdir() if ".tmp-" in p.name] + list(tiny.rglob("*.part"))
+    leftovers = [p for p in tiny.parent.iterdir() if ".tmp-" in p.name] + list(tiny.rglob("*.tmp*"))
     assert leftovers == []
 
 

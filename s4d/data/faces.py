@@ -13,7 +13,6 @@ nose, mouth corner on the image left, mouth corner on the image right.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -51,11 +50,6 @@ class FaceDetector:
         self.min_face_size = min_face_size
         self.max_side = max_side
         self.batch_size = batch_size
-        # Both detectors run OpenMP pools whose busy-waiting threads crawl when the cores are shared with
-        # decoding or other jobs (measured: 5-7x slower detection under load); passive waiting avoids
-        # that. libgomp reads it when it loads, so it only acts if torch/yuface are not imported yet;
-        # a value the user set wins.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         if backend == "mtcnn":
             from facenet_pytorch import MTCNN
 

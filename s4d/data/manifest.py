@@ -22,6 +22,7 @@ from typing import Sequence
 import pandas as pd
 
 from s4d.config import InputError
+from s4d.io import write_csv
 
 COLUMNS = ["id", "path", "label", "label_name", "label_set", "modality", "split", "fold", "num_frames",
            "height", "width", "source", "group"]
@@ -50,16 +51,8 @@ def conform(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
-    """Write a manifest CSV atomically (temp file beside it, then os.replace), so readers never see half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        conform(df).to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """Write a manifest CSV atomically, so readers never see half."""
+    return write_csv(path, conform(df))
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:

@@ -10,7 +10,6 @@ Writes <prepared_dir>/dynamic.csv, static.csv, summary.json (counts) and, for ra
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -21,6 +20,7 @@ import pandas as pd
 from s4d.config import DatasetConfig, Params
 from s4d.data.manifest import conform, write_manifest
 from s4d.data.readers import VIDEO_SUFFIXES, carve_val, read_dataset
+from s4d.io import write_json
 from s4d.stage import load_stage_params, stage_parser
 
 TASKS = ("dynamic", "static")
@@ -96,14 +96,6 @@ def prepare(params: Params) -> dict:
         sizes = ", ".join(f"{split} {sum(c.values())}" for split, c in info["counts"].items())
         print(f"{task}: {len(manifest)} {manifest['modality'].iloc[0]}s from {info['reader']} ({sizes})")
     return summary
-
-
-def write_json(path: Path, obj: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
 
 
 def main(argv: list[str] | None = None) -> int:

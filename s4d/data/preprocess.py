@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from s4d.data.faces import FaceDetector, crop_track, track_faces
 from s4d.data.media import MEDIA_EXTENSIONS, MediaError, read_media
+from s4d.io import write_csv, write_json
 
 MARKER = "done.json"
 CACHED_SKIPS = {"no_face", "empty", "not_media", "unreadable", "unsupported_codec", "too_long", "too_large"}
@@ -188,9 +189,7 @@ def _finish(folder: Path, clip: Clip, settings: Settings, result: dict) -> dict:
     if result["status"] == "ok" or result["reason"] in CACHED_SKIPS:
         folder.mkdir(parents=True, exist_ok=True)
         marker = {**result, "media": clip.media, "media_stat": _stat(clip.media), "settings": asdict(settings)}
-        tmp = folder / (MARKER + ".tmp")
-        tmp.write_text(json.dumps(marker, indent=1))
-        os.replace(tmp, folder / MARKER)
+        write_json(folder / MARKER, marker)
     return result
 
 
@@ -284,8 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         if p.suffix.lower() not in MEDIA_EXTENSIONS:
             report.skipped.append({"id": None, "media": str(p), "reason": "not_media",
                                    "message": f"{p}: extension {p.suffix or '(none)'} is not a video/image type"})
-    report.manifest().to_csv(args.out_dir / "manifest.csv", index=False)
-    (args.out_dir / "report.json").write_text(json.dumps(report.summary(), indent=1, default=str))
+    write_csv(args.out_dir / "manifest.csv", report.manifest())
+    write_json(args.out_dir / "report.json", report.summary())
     print(f"{len(report.rows)} clips written, {len(report.skipped)} skipped, {report.reused} reused "
           f"-> {args.out_dir / 'manifest.csv'}")
     for skip in report.skipped:

@@ -31,7 +31,6 @@ context, so Data Docs keep the history of runs; HTML in gx/uncommitted/data_docs
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import asdict, dataclass, field
@@ -39,15 +38,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from s4d.config import ValidateConfig
 from s4d.data.labels import classes_of
 from s4d.data.manifest import MODALITIES, SPLITS, conform, dataset_folders, outside_root, read_manifest
 from s4d.data.readers import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from s4d.io import write_csv, write_json
 
 FATAL, WARNING = "fatal", "warning"
 SUMMARY_EXAMPLES = 5
-# Defaults of the bounds (validate_manifests arguments, CLI options).
-MIN_CLASS_SHARE, MAX_CLASS_SHARE = 0.01, 0.6
-MIN_SIZE = 32
 # A complete JPEG ends with EOI (FF D9; entropy-coded data never holds it), a PNG with its IEND chunk.
 END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}
 TAIL_BYTES = 64  # some writers pad a few bytes after the end marker
@@ -320,8 +318,9 @@ def _example(d: dict) -> str:
 
 # -------------------------------------------------------------------------------------------- entry
 def validate_manifests(manifests: dict[str, pd.DataFrame], root_dirs: dict[str, Path], out_dir: Path,
-                       clip_length: int, *, min_class_share: float = MIN_CLASS_SHARE,
-                       max_class_share: float = MAX_CLASS_SHARE, min_size: int = MIN_SIZE,
+                       clip_length: int, *, min_class_share: float = ValidateConfig.min_class_share,
+                       max_class_share: float = ValidateConfig.max_class_share,
+                       min_size: int = ValidateConfig.min_size,
                        data_docs: bool = True, workers: int = 0, allowed: tuple = ()) -> ValidationReport:
     """Run the checks on each manifest (name -> DataFrame, files looked up under root_dirs[name]).
 
@@ -346,8 +345,8 @@ def validate_manifests(manifests: dict[str, pd.DataFrame], root_dirs: dict[str, 
     rows = {}
     for name, manifest in manifests.items():
         df = with_status_columns(conform(manifest), Path(root_dirs[name]), workers, tuple(allowed))
-        df.to_csv(tables / f"{name}_rows.csv", index=False)
-        class_shares(df).to_csv(tables / f"{name}_classes.csv", index=False)
+        write_csv(tables / f"{name}_rows.csv", df)
+        write_csv(tables / f"{name}_classes.csv", class_shares(df))
         rows[name] = len(df)
 
     ctx = _open_context(out_dir / "gx")
@@ -375,9 +374,7 @@ def validate_manifests(manifests: dict[str, pd.DataFrame], root_dirs: dict[str, 
     docs = out_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
     report = ValidationReport(results=results, rows=rows, docs_index=docs if data_docs else None,
                               summary_path=out_dir / "summary.json")
-    tmp = report.summary_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report.to_dict(), indent=2))
-    os.replace(tmp, report.summary_path)
+    write_json(report.summary_path, report.to_dict())
     return report
 
 

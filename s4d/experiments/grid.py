@@ -1,4 +1,4 @@
-"""The experiment grid of the reproduction report (issue 7): each arm is a set of params overrides, run over
+"""The experiment grid of the reproduction report: each arm is a set of params overrides, run over
 seeds at the `tiny` profile on the prepared data (the embedded benchmark by default).
 
     python -m s4d.experiments.grid [--arms ARM ...] [--seeds N] [--budget NAME] [--shard K/N] [--dry-run]
@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from s4d.config import ConfigError, Params, load_params, to_dict
+from s4d.io import read_json, write_json
 from s4d.locks import file_lock
 
 EXPERIMENTS = Path("experiments")
@@ -274,21 +275,14 @@ def build_plan(params_file: str = "params.yaml", arms: list[str] | None = None, 
 
 
 # ---------------------------------------------------------------------------------------------- cache
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def pretrain_cached(job: PretrainJob) -> bool:
-    stamp = read_json(job.dir / PRETRAIN_STAMP)
+    stamp = read_json(job.dir / PRETRAIN_STAMP, None)
     return stamp is not None and stamp.get("key") == job.key and (job.dir / "model.pt").is_file()
 
 
 def run_state(run: Run) -> str:
     """cached | stale (a record from other params, data or pretraining) | to run."""
-    record = read_json(run.dir / RESULT)
+    record = read_json(run.dir / RESULT, None)
     if record is None:
         return "to run"
     return "cached" if record.get("key") == run.key else "stale"
@@ -351,7 +345,6 @@ def rendezvous_restored() -> Iterator[None]:
 
 
 def run_pretraining(job: PretrainJob) -> dict:
-    from s4d.train.metrics import write_json
     from s4d.train.pretrain import pretrain
 
     started = time.time()
@@ -380,7 +373,7 @@ def train_and_evaluate(run: Run, plan: Plan) -> dict:
     tuned = time.time()
     metrics = evaluate(run.params, checkpoint=run.dir / "finetune" / "model.pt", out_dir=run.dir / "eval")
     done = time.time()
-    stamp = read_json(run.pretrain.dir / PRETRAIN_STAMP) if run.pretrain else None
+    stamp = read_json(run.pretrain.dir / PRETRAIN_STAMP, None) if run.pretrain else None
     return {
         "arm": run.arm.name, "study": run.arm.study, "label": run.arm.label, "seed": run.seed,
         "budget": plan.budget, "params_file": plan.params_file, "overrides": run.overrides, "key": run.key,
@@ -412,8 +405,6 @@ def say(line: str) -> None:
 
 def execute(plan: Plan, log: Callable[[str], None] = say, shard: tuple[int, int] = (0, 1)) -> Counts:
     """Run what is not cached (of this shard's runs), in plan order; one progress line per run."""
-    from s4d.train.metrics import write_json
-
     runs = shard_runs(plan, *shard)
     counts, started, total = Counts(), time.time(), len(runs)
     for i, run in enumerate(runs, start=1):
@@ -427,7 +418,7 @@ def execute(plan: Plan, log: Callable[[str], None] = say, shard: tuple[int, int]
         if state == "stale":
             log(f"{head}: the record is from other params, data or pretraining; redoing the run")
         if run.same_as is not None:
-            owner = read_json(run.same_as.dir / RESULT)
+            owner = read_json(run.same_as.dir / RESULT, None)
             if owner is None or owner.get("key") != run.key:
                 raise RuntimeError(f"{run.same_as.dir / RESULT} should have been written by this grid")
             record = {**owner, "arm": run.arm.name, "study": run.arm.study, "label": run.arm.label,

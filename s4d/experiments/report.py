@@ -12,7 +12,6 @@ The hand-written blocks of an existing README, between `<!-- discussion -->` and
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import sys
@@ -23,7 +22,8 @@ import numpy as np
 
 from s4d.data.labels import canonical_name
 from s4d.experiments.grid import ARMS, RESULT, RUNS_DIR
-from s4d.train.metrics import atomic_write_text, mean_std, save_figure, write_json
+from s4d.io import read_json, save_figure, write_json, write_text
+from s4d.train.metrics import mean_std
 
 REPORTS = Path("reports")
 HAND_WRITTEN = ("discussion", "recipe")  # README blocks that the generator keeps
@@ -88,8 +88,8 @@ def load_records(runs_dir: Path = RUNS_DIR) -> list[dict]:
     records = []
     for path in paths:
         try:
-            records.append(json.loads(path.read_text()))
-        except json.JSONDecodeError as e:
+            records.append(read_json(path))
+        except ValueError as e:
             raise ReportError(f"{path}: not a run record ({e}); delete it and run the grid again to redo "
                               "that run") from None
     return records
@@ -181,7 +181,7 @@ def load_routing(records: list[dict]) -> list[tuple[int, dict]]:
     for r in records:
         path = Path(r.get("routing") or "")
         if path.is_file():
-            routing = json.loads(path.read_text())
+            routing = read_json(path)
             if routing.get("experts"):
                 out.append((r["seed"], routing))
     return out
@@ -572,7 +572,7 @@ def build_report(runs_dir: Path = RUNS_DIR, out_dir: Path = REPORTS) -> dict:
         plot_sfer_dfer(summary["per_class"], out_dir / "sfer_dfer.png")
     figures = {name for name in FIGURES if (out_dir / name).is_file()}
     write_json(out_dir / "summary.json", summary)
-    atomic_write_text(out_dir / "README.md", readme(records, summary, figures, kept))
+    write_text(out_dir / "README.md", readme(records, summary, figures, kept))
     return summary
 
 

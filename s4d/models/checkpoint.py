@@ -9,7 +9,6 @@ fixed position tables are not in the state dict, so only the config shows which 
 """
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from s4d.config import ModelConfig, model_from_dict, to_dict
+from s4d.io import save_torch
 from s4d.models.classifier import S4DClassifier
 from s4d.models.mae import MaskedAutoencoder
 from s4d.models.official import Converted, Published, PublishedFormatError, convert, load_file, read_published
@@ -57,22 +57,13 @@ def _compact(keys: list[str], limit: int = 8) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- save
-def atomic_torch_save(obj, path: str | Path) -> None:
-    """Write to a temp file in the same folder, then rename: a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict | None = None) -> None:
     kind = "mae" if isinstance(model, MaskedAutoencoder) else "classifier"
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind,
                "model_config": to_dict(model.cfg), "state_dict": model.state_dict(), "meta": meta or {}}
     if kind == "classifier":
         payload.update(num_dynamic_classes=model.num_dynamic_classes, num_static_classes=model.num_static_classes)
-    atomic_torch_save(payload, path)
+    save_torch(payload, path)  # temp file + rename: a crash never leaves half a checkpoint
 
 
 # ---------------------------------------------------------------------------------------------- read

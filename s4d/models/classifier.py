@@ -63,9 +63,3 @@ class S4DClassifier(VideoViT):
         """Sum of the MoAE load-balancing losses of the last forward (0 without MoAE)."""
         losses = [layer.balance_loss for layer in self.moae_layers()]
         return torch.stack(losses).sum() if losses else torch.zeros(())
-
-    def routing_stats(self) -> list[dict]:
-        """Per MoAE layer: assignments per expert and assignments dropped over capacity (last forward)."""
-        first = self.cfg.depth - self.cfg.moae.layers
-        return [{"block": first + i, "load": layer.load.tolist(), "dropped": int(layer.dropped)}
-                for i, layer in enumerate(self.moae_layers())]

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from s4d.config import Params, to_dict
+from s4d.io import write_json
 
 OWN_LIST = ".s4d-own.json"
 STAGING_PREFIX = ".partial-"
@@ -58,9 +59,7 @@ def _plain_name(name: str) -> bool:
 
 
 def _write_own(folder: Path, names: list[str]) -> None:
-    tmp = folder / f".{OWN_LIST}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(sorted(set(names)), indent=1) + "\n")
-    os.replace(tmp, folder / OWN_LIST)
+    write_json(folder / OWN_LIST, sorted(set(names)))
 
 
 def claim(folder: Path, *names: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -20,6 +19,7 @@ import torch.distributed as tdist
 TIMEOUT_ENV = "S4D_DIST_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 60.0
 
+from s4d.io import free_port
 from s4d.precision import use_bf16 as measured_bf16
 
 
@@ -33,12 +33,6 @@ class Dist:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def collective_timeout() -> timedelta:

@@ -26,13 +26,13 @@ import torch.nn.functional as F
 from s4d.config import Params
 from s4d.data.loaders import ClipDataset, ImageDataset
 from s4d.data.manifest import dataset_folders, read_manifest
+from s4d.io import write_csv, write_json
 from s4d.models.checkpoint import CheckpointError, build_model, read_checkpoint
 from s4d.models.classifier import S4DClassifier
 from s4d.train.distributed import barrier, gather_objects, rank, use_bf16
 from s4d.train.finetune import DATA_ROOT, pick_device, sharded_predict, task_metrics
 from s4d.train.launch import relaunch, run_worker, under_launcher
-from s4d.train.metrics import (fold_file, plot_confusion, predictions_table, summarise_folds, write_csv,
-                               write_json, class_names)
+from s4d.train.metrics import class_names, fold_file, plot_confusion, predictions_table, summarise_folds
 
 TOP_PATHS = 20
 # Files of one evaluation; removed first so a run never leaves a previous run's files beside its own.

@@ -43,14 +43,14 @@ from tqdm import tqdm
 from s4d.config import FinetuneConfig, InputError, Params, to_dict
 from s4d.data.loaders import Augment, ClipDataset, ImageDataset, balanced_sampler, worker_init
 from s4d.data.manifest import dataset_folders, read_manifest
-from s4d.models.checkpoint import CheckpointError, atomic_torch_save, init_classifier, save_checkpoint
+from s4d.io import save_figure, save_torch, write_csv, write_json, write_text
+from s4d.models.checkpoint import CheckpointError, init_classifier, save_checkpoint
 from s4d.models.classifier import S4DClassifier
 from s4d.train.checkpoints import commit_outputs, staging_dir
 from s4d.train.distributed import (Stopped, all_reduce_sum, barrier, broadcast_object, gather_objects, rank,
                                    stop_requested, stop_signal, use_bf16, world_size)
 from s4d.train.launch import relaunch, run_worker, under_launcher
-from s4d.train.metrics import (class_names, classification_metrics, save_figure, write_csv, write_json,
-                               atomic_write_text)
+from s4d.train.metrics import class_names, classification_metrics
 
 PRETRAIN_CHECKPOINT = Path("artifacts/pretrain/model.pt")
 DATA_ROOT = Path(".")  # manifest paths are relative to the repository root (the working directory)
@@ -448,8 +448,8 @@ def save_resume_state(ckpt_dir: Path, state: dict, keep_last: int) -> None:
     a kill at any point leaves `latest` naming a complete checkpoint. The last `keep_last` are kept."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     name = f"step_{state['step']:08d}.pt"
-    atomic_torch_save(state, ckpt_dir / name)
-    atomic_write_text(ckpt_dir / "latest", name + "\n")
+    save_torch(state, ckpt_dir / name)
+    write_text(ckpt_dir / "latest", name + "\n")
     for old in sorted(ckpt_dir.glob("step_*.pt"))[:-keep_last]:
         old.unlink(missing_ok=True)
 
@@ -498,7 +498,7 @@ def step_hook(step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     elif action == "pause":
         marker = Path(os.environ["S4D_HOOK_FILE"])
-        atomic_write_text(marker, f"{os.getpid()}\n")
+        write_text(marker, f"{os.getpid()}\n")
         while not stop_signal() and marker.exists():
             time.sleep(0.05)
 
@@ -573,7 +573,7 @@ def finetune(params: Params, out_dir: Path = Path("artifacts/finetune")) -> dict
     init_summary = initialise(model, ft.init)
     if main_rank:
         print(init_summary)
-        atomic_write_text(out_dir / "init_report.txt", init_summary + "\n")
+        write_text(out_dir / "init_report.txt", init_summary + "\n")
     model.to(device)
     lr = ft.base_lr * ft.batch_size / 256
     optimizer = build_optimizer(model, ft, lr)

@@ -18,8 +18,9 @@ import sys
 from pathlib import Path
 
 from s4d.config import Params, to_dict
+from s4d.io import write_json
 from s4d.stage import load_stage_params
-from s4d.train.metrics import fold_file, summarise_folds, write_json
+from s4d.train.metrics import fold_file, summarise_folds
 
 # Settings that change how a fold runs, not what it computes: a finished fold stays valid across them.
 RUN_SHAPE = ("finetune.nproc_per_node", "finetune.checkpoint_every", "finetune.keep_last", "data.workers",

@@ -30,7 +30,8 @@ import subprocess
 import sys
 import time
 
-from s4d.train.distributed import (TIMEOUT_ENV, Stopped, free_port, init_process_group, install_stop_handler,
+from s4d.io import free_port
+from s4d.train.distributed import (TIMEOUT_ENV, Stopped, init_process_group, install_stop_handler,
                                    is_collective_failure, rank, restore_handlers, shutdown,
                                    world_size)
 

@@ -6,9 +6,7 @@ rows and the predicted class in columns.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -16,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from s4d.data.labels import LABEL_SETS
+from s4d.io import read_json, save_figure
 
 ADHOC_PREFIX = "folder:"
 
@@ -116,7 +115,7 @@ def summarise_folds(folds_dir: Path, dataset: str | None = None) -> dict:
     files = sorted(folds_dir.glob("fold_*.json"), key=lambda p: (len(p.stem), p.stem))
     used, skipped = [], []
     for path in files:
-        record = json.loads(path.read_text())
+        record = read_json(path)
         if dataset is not None and record.get("dataset") != dataset:
             skipped.append({"file": path.name, "dataset": record.get("dataset")})
             continue
@@ -137,36 +136,6 @@ def summarise_folds(folds_dir: Path, dataset: str | None = None) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- output
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write beside the target, then rename, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False, default=_jsonable) + "\n")
-
-
-def write_csv(path: Path, df: pd.DataFrame) -> None:
-    atomic_write_text(path, df.to_csv(index=False))
-
-
-def _jsonable(obj: Any):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
 def predictions_table(actual: Sequence[int], predicted: Sequence[int], names: Sequence[str]) -> pd.DataFrame:
     """`actual,predicted` as label names (the input of the dvc plots confusion template)."""
     return pd.DataFrame({"actual": [names[i] for i in actual], "predicted": [names[i] for i in predicted]})
@@ -198,14 +167,3 @@ def plot_confusion(cm: np.ndarray, names: Sequence[str], path: Path, title: str 
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
-
-
-def save_figure(fig, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from s4d.config import Params, to_dict
 from s4d.data.loaders import Augment, ClipDataset, ImageDataset
 from s4d.data.manifest import dataset_folders, read_manifest
+from s4d.io import atomic_output, save_figure, write_json, write_text
 from s4d.models import MaskedAutoencoder
 from s4d.models.checkpoint import save_checkpoint
 from s4d.stage import load_stage_params, stage_parser
@@ -135,9 +136,7 @@ def save_training_state(engine, ckpt_dir: Path, state: dict, dist: Dist, keep_la
     torch.distributed.barrier()
     if dist.is_main:
         claim(ckpt_dir, "latest", *(set(os.listdir(ckpt_dir)) - before))  # e.g. DeepSpeed's zero_to_fp32.py
-        tmp = ckpt_dir / f".latest.tmp-{os.getpid()}"
-        tmp.write_text(tag)
-        os.replace(tmp, ckpt_dir / "latest")
+        write_text(ckpt_dir / "latest", tag)
         tags = sorted(n for n in own_entries(ckpt_dir) if n.startswith("step_") and (ckpt_dir / n).is_dir())
         for old in tags[:-keep_last]:
             remove_own(ckpt_dir, old)
@@ -333,12 +332,10 @@ def trim_log(path: Path, step: int) -> None:
         return
     with path.open() as f:
         rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_output(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, LOG_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def last_losses(path: Path, window: int = 10) -> dict:
@@ -353,12 +350,6 @@ def last_losses(path: Path, window: int = 10) -> dict:
         if losses:
             out[modality] = round(sum(losses) / len(losses), 5)
     return out
-
-
-def write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def plot_losses(log_path: Path, png: Path) -> None:
@@ -379,7 +370,7 @@ def plot_losses(log_path: Path, png: Path) -> None:
     ax.set(xlabel="step", ylabel="masked-patch MSE (normalised pixels)", title="MAE pretraining")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(png, dpi=100)
+    save_figure(fig, png, dpi=100)
     plt.close(fig)
 
 

@@ -30,6 +30,7 @@ from s4d.config import SyntheticConfig
 from s4d.data.synthetic.face import EMOTIONS, RAFDB_LABEL
 from s4d.data.synthetic.plan import SPLITS, image_plan, video_plan
 from s4d.data.synthetic.sample import clip_jpegs, image_jpeg
+from s4d.io import write_bytes, write_json
 
 GENERATOR = "s4d.data.synthetic"
 VERSION = "1.2"  # bump whenever the same config would render different bytes
@@ -49,13 +50,6 @@ def clip_dir(root: Path, name: str) -> Path:
 
 def image_path(root: Path, name: str) -> Path:
     return root / "images" / "Image" / "aligned" / f"{name}_aligned.jpg"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name, then rename: a reader never sees a partial file."""
-    part = path.with_name(path.name + ".part")
-    part.write_bytes(data)
-    os.replace(part, path)
 
 
 # ------------------------------------------------------------------------------------------------ meta
@@ -116,7 +110,7 @@ def write_lists(out: Path, cfg: SyntheticConfig) -> None:
     for rel, lines in ((TRAIN_LIST, train), (TEST_LIST, test), (Path("videos/identities.csv"), who),
                        (IMAGE_LABELS, labels), (Path("images/identities.csv"), image_who)):
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(out / rel, ("\n".join(lines) + "\n").encode())
+        write_bytes(out / rel, ("\n".join(lines) + "\n").encode())
 
 
 # -------------------------------------------------------------------------------------------- workers
@@ -135,9 +129,9 @@ def _write_sample(task: tuple) -> int:
         folder = clip_dir(out, video_plan(cfg)[index].name)
         folder.mkdir(parents=True, exist_ok=True)
         for k, data in enumerate(clip_jpegs(cfg, index)):
-            write_atomic(folder / f"{k + 1:05d}.jpg", data)
+            write_bytes(folder / f"{k + 1:05d}.jpg", data)
         return cfg.num_frames
-    write_atomic(image_path(out, image_plan(cfg)[index].name), image_jpeg(cfg, index))
+    write_bytes(image_path(out, image_plan(cfg)[index].name), image_jpeg(cfg, index))
     return 1
 
 
@@ -210,7 +204,7 @@ def generate(cfg: SyntheticConfig, root: Path | None = None, workers: int | None
     (build / "images" / "Image" / "aligned").mkdir(parents=True, exist_ok=True)
     tasks = [("clip", i) for i in range(len(video_plan(cfg)))] + [("image", i) for i in range(len(image_plan(cfg)))]
     map_samples(_write_sample, tasks, cfg, workers, out=build, progress=progress)
-    write_atomic(build / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
+    write_json(build / "meta.json", meta)
 
     if root.exists():  # an older dataset (different config/version): swap, then delete it
         old = root.with_name(f"{root.name}.old-{os.getpid()}")
