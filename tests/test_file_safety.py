@@ -9,6 +9,7 @@ naming the file (and line or key), exit status 1 or 2 and no traceback.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -159,6 +160,41 @@ def test_killed_finetune_rerun_keeps_the_previous_model(tmp_path_factory):
     assert (out / "model.pt").read_bytes() != model
     assert '"epochs_run": 3' in (out / "summary.json").read_text()
     assert not list(out.glob(".partial-*")) and not (out / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_finetune_full_disk_names_it_keeps_the_checkpoint_and_resumes(tmp_path_factory):
+    """Fine-tuning's checkpoints on a 3.5 MB tmpfs holding a foreign file (a step file of the small model is
+    ~1.44 MB; two are kept): the third does not fit, and the run stops with one line naming the folder, the
+    checkpoint it was writing and the one kept, leaving no partial file; with space added, the same command
+    resumes from step 2 and finishes; the foreign file and the mount point stay."""
+    root = toydata.toy_root(tmp_path_factory)
+    out = root / "runs" / "full-disk"
+    ckpt = out / "checkpoints"
+    args = ["--out", str(out), "--params", str(ROOT / "params.yaml"), *toydata.SMALL_MODEL, *toydata.SMALL_RUN,
+            "data.prepared_dir=prepared", "data.workers=2", "finetune.epochs=1", "finetune.checkpoint_every=1"]
+    with tmpfs(ckpt, "3500k"):
+        (ckpt / "foreign.txt").write_text("not the project's")
+        full = run_module("s4d.train.finetune", *args, cwd=root, env=ENV)
+        assert full.returncode == 2, full.stderr[-3000:]
+        line = error_line(full, f"no space left on {ckpt}")
+        assert line.startswith("error: ") and "while writing checkpoint step_00000003.pt" in line, line
+        assert "previous checkpoint step_00000002.pt kept" in line, line
+        assert sorted(p.name for p in ckpt.iterdir()) == ["foreign.txt", "latest", "step_00000001.pt",
+                                                          "step_00000002.pt"]  # no partial file left
+        assert (ckpt / "latest").read_text().strip() == "step_00000002.pt"
+        assert not (out / "model.pt").exists()
+
+        subprocess.run(["mount", "-o", "remount,size=20m", str(ckpt)], check=True)
+        resumed = run_module("s4d.train.finetune", *args, cwd=root, env=ENV)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert "resuming from step 2 of" in resumed.stdout
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["resumed_from_step"] == 2 and summary["epochs_run"] == 1
+        assert summary["steps"] == len((out / "train_log.csv").read_text().strip().splitlines()) - 1 > 3
+        assert (out / "model.pt").stat().st_size > 100_000  # moved off the tmpfs: another file system
+        assert os.path.ismount(ckpt) and sorted(p.name for p in ckpt.iterdir()) == ["foreign.txt"]
+        assert (ckpt / "foreign.txt").read_text() == "not the project's"
 
 
 # --------------------------------------------------------------------------------------------- prepare
