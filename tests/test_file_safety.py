@@ -236,6 +236,56 @@ def test_failing_image_side_leaves_both_manifests(tmp_path, monkeypatch, capsys)
     assert sorted(p.name for p in prepared.iterdir()) == sorted(before)  # no staging folder left
 
 
+MEDIA = ROOT.parent / "shared" / "media"
+
+
+@pytest.mark.slow
+@pytest.mark.media
+@pytest.mark.skipif(not (MEDIA / "single_face.mp4").is_file(), reason=f"no footage at {MEDIA}")
+def test_failing_prepare_keeps_the_previous_face_crops(tmp_path, monkeypatch, capsys):
+    """Raw videos go through face cropping. A rerun with another data.face_size re-crops every clip, then
+    fails on the image side: the previous crops, reports, manifests and summary stay byte for byte, and
+    nothing is left beside them. Fixed, the rerun swaps in the new crops and manifests together."""
+    from s4d.data.manifest import read_manifest
+    from s4d.data.prepare import main
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    for i, label in enumerate(("happy", "happy", "sad", "sad")):
+        (tmp_path / "ds/videos" / label).mkdir(parents=True, exist_ok=True)
+        shutil.copy(MEDIA / "single_face.mp4", tmp_path / "ds/videos" / label / f"clip{i}.mp4")
+    write_folder_dataset(tmp_path / "ds", clips=0, images=8)
+    prepared = tmp_path / "artifacts/prepared"
+
+    def snapshot() -> dict[str, bytes]:
+        return {str(p.relative_to(prepared)): p.read_bytes() for p in sorted(prepared.rglob("*")) if p.is_file()}
+
+    def crop_size(manifest: str) -> set:
+        paths = read_manifest(prepared / manifest)["path"]
+        return {cv2.imread(str(Path(p) / "00001.jpg")).shape[:2] for p in paths}
+
+    assert main(FOLDER_DATA) == 0
+    assert crop_size("dynamic.csv") == {(112, 112)}  # params.yaml's data.face_size
+    before = snapshot()
+    assert "faces/faces_dynamic.json" in before and sum(n.endswith(".jpg") for n in before) > 4 * 20
+
+    (tmp_path / "ds/images/sad/img01.jpg").write_bytes(b"")  # the image side breaks after the crops are made
+    capsys.readouterr()
+    assert main([*FOLDER_DATA, "data.face_size=48"]) == 1
+    err = capsys.readouterr().err
+    assert "prepare failed" in err and "img01.jpg" in err
+    assert snapshot() == before  # crops, reports, manifests and summary as they were
+    assert sorted(p.name for p in prepared.iterdir()) == ["dynamic.csv", "faces", "static.csv", "summary.json"]
+
+    write_folder_dataset(tmp_path / "ds", clips=0, images=8)
+    assert main([*FOLDER_DATA, "data.face_size=48"]) == 0
+    assert crop_size("dynamic.csv") == {(48, 48)}
+    assert set(read_manifest(prepared / "dynamic.csv")["height"]) == {48}
+    assert sorted(p.name for p in prepared.iterdir()) == ["dynamic.csv", "faces", "static.csv", "summary.json"]
+    summary = (prepared / "summary.json").read_text()
+    assert '"report": "artifacts/prepared/faces/faces_dynamic.json"' in summary
+
+
 def test_non_utf8_split_file_names_file_and_line(tmp_path, monkeypatch, capsys):
     from s4d.data.prepare import main
 
