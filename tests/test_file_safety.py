@@ -285,6 +285,13 @@ def test_failing_prepare_keeps_the_previous_face_crops(tmp_path, monkeypatch, ca
     summary = (prepared / "summary.json").read_text()
     assert '"report": "artifacts/prepared/faces/faces_dynamic.json"' in summary
 
+    crops = snapshot()
+    assert main([*FOLDER_DATA, "data.face_size=48"]) == 0  # nothing changed: every clip is reused, not re-cropped
+    faces = json.loads((prepared / "faces/faces_dynamic.json").read_text())
+    assert (faces["reused"], faces["processed"], faces["written"]) == (4, 0, 4)
+    assert {k: v for k, v in snapshot().items() if k.endswith(".jpg")} == {
+        k: v for k, v in crops.items() if k.endswith(".jpg")}
+
 
 def test_non_utf8_split_file_names_file_and_line(tmp_path, monkeypatch, capsys):
     from s4d.data.prepare import main
