@@ -163,16 +163,18 @@ def test_killed_finetune_rerun_keeps_the_previous_model(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_finetune_full_disk_names_it_keeps_the_checkpoint_and_resumes(tmp_path_factory):
+@pytest.mark.parametrize("nproc", [1, pytest.param(2, marks=pytest.mark.heavy)])
+def test_finetune_full_disk_names_it_keeps_the_checkpoint_and_resumes(tmp_path_factory, nproc):
     """Fine-tuning's checkpoints on a 3.5 MB tmpfs holding a foreign file (a step file of the small model is
     ~1.44 MB; two are kept): the third does not fit, and the run stops with one line naming the folder, the
-    checkpoint it was writing and the one kept, leaving no partial file; with space added, the same command
-    resumes from step 2 and finishes; the foreign file and the mount point stay."""
+    checkpoint it was writing and the one kept, leaving no partial file (with 2 ranks, both stop); with space
+    added, the same command resumes from step 2 and finishes; the foreign file and the mount point stay."""
     root = toydata.toy_root(tmp_path_factory)
-    out = root / "runs" / "full-disk"
+    out = root / "runs" / f"full-disk-{nproc}"
     ckpt = out / "checkpoints"
     args = ["--out", str(out), "--params", str(ROOT / "params.yaml"), *toydata.SMALL_MODEL, *toydata.SMALL_RUN,
-            "data.prepared_dir=prepared", "data.workers=2", "finetune.epochs=1", "finetune.checkpoint_every=1"]
+            "data.prepared_dir=prepared", "data.workers=2", "finetune.epochs=1", "finetune.checkpoint_every=1",
+            f"finetune.nproc_per_node={nproc}"]
     with tmpfs(ckpt, "3500k"):
         (ckpt / "foreign.txt").write_text("not the project's")
         full = run_module("s4d.train.finetune", *args, cwd=root, env=ENV)
