@@ -182,7 +182,8 @@ def assert_offline_data_docs(site: Path) -> None:
     assert {table for _, table, result, _ in oldest if "warning" in result} == {"manifests-dynamic_rows"}
     assert {table for _, table, result, _ in newest if "FAILED" in result} == {"manifests-static_rows"}
     assert all((site / link).is_file() for *_, link in runs)
-    remote = re.compile(r"<(?:script|link|img)\b[^>]*\b(?:src|href)=[\"']https?://|url\(\s*[\"']?https?://", re.IGNORECASE)
+    remote = re.compile(r"<(?:script|link|img)\b[^>]*\b(?:src|href)=[\"']https?://|url\(\s*[\"']?https?://",
+                        re.IGNORECASE)
     pages = [*site.rglob("*.html"), *site.rglob("*.css")]
     assert len(pages) > 8 and not [p for p in pages if remote.search(p.read_text())]
 

@@ -237,8 +237,8 @@ def class_shares(df: pd.DataFrame) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------- offline Data Docs
 SITE = Path("gx/uncommitted/data_docs/local_site")
 RESULTS = Path("gx/uncommitted/validations")
-_REMOTE_TAG = re.compile(r'<script\b[^>]*\bsrc="https?://[^"]*"[^>]*>\s*</script>|<link\b[^>]*\bhref="https?://[^"]*"[^>]*>',
-                         re.IGNORECASE)
+_REMOTE_TAG = re.compile(r'<script\b[^>]*\bsrc="https?://[^"]*"[^>]*>\s*</script>'
+                         r'|<link\b[^>]*\bhref="https?://[^"]*"[^>]*>', re.IGNORECASE)
 _REMOTE_SRC = re.compile(r'\bsrc="https?://[^"]*"', re.IGNORECASE)
 _REMOTE_URL = re.compile(r"url\(\s*['\"]?https?://[^)]*\)", re.IGNORECASE)
 OFFLINE_CSS = """\
@@ -262,14 +262,16 @@ def offline_data_docs(out_dir: Path) -> Path:
     styles = site / "static" / "styles"
     styles.mkdir(parents=True, exist_ok=True)
     (styles / "offline.css").write_text(OFFLINE_CSS)
-    for page in site.rglob("*.html"):
+    for page in site.rglob("*.html"):  # GX renders only the new runs' pages; the others are done already
         up = "../" * (len(page.relative_to(site).parts) - 1)
-        text = _REMOTE_TAG.sub("", page.read_text())
+        before = page.read_text()
+        if "static/styles/offline.css" in before:
+            continue
+        text = _REMOTE_TAG.sub("", before)
         text = _REMOTE_SRC.sub(f'src="{up}static/images/logo-long.png"', text)
         text = _REMOTE_URL.sub("none", text)
-        if "static/styles/offline.css" not in text:
-            text = text.replace("</head>", f'<link rel="stylesheet" href="{up}static/styles/offline.css">\n</head>', 1)
-        page.write_text(text)
+        local = f'<link rel="stylesheet" href="{up}static/styles/offline.css">\n</head>'
+        page.write_text(text.replace("</head>", local, 1))
     for sheet in styles.glob("*.css"):
         sheet.write_text(_REMOTE_URL.sub("none", sheet.read_text()))
     index = site / "index.html"
