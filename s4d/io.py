@@ -106,8 +106,10 @@ def read_json(path: str | Path, default: Any = _REQUIRED) -> Any:
 def save_torch(obj: Any, path: str | Path) -> Path:
     import torch  # here, so that modules that never save tensors do not pay for importing torch
 
-    with atomic_output(path) as tmp:
-        torch.save(obj, tmp)
+    # Into an open file, not a path: a full disk then surfaces as OSError(ENOSPC) (torch's own file writer
+    # reports only "unexpected pos").
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
     return Path(path)
 
 

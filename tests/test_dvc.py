@@ -202,3 +202,30 @@ def test_a_value_no_tiny_stage_reads_reruns_nothing(experiments):
     assert changed("metrics") == {"pretrain"}
     out = run(experiments, "repro", "metrics").stdout
     assert re.search(r"Running stage 'pretrain'", out) and re.search(r"Stage 'finetune' didn't change", out), out
+
+
+def test_fresh_clone_plans_every_stage_without_running_one(tmp_path):
+    """On a fresh `git clone` no stage output exists yet. `dvc status` and `dvc repro --dry --force` (the
+    README's two ways to see what `dvc repro` would run) answer from the clone alone, name every stage in
+    pipeline order and write nothing. Plain `dvc repro --dry` stops at the first stage whose input another
+    stage makes (DVC 3.67.1 hashes that missing input for its run cache even when dry: upstream issue
+    treeverse/dvc#9818); when an upgrade fixes it, this test fails so the README's note gets updated."""
+    clone = tmp_path / "clone"
+    done = subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    run = lambda *args: subprocess.run([*DVC, *args], cwd=clone, env=ENV, capture_output=True, text=True)  # noqa: E731
+
+    status = run("status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert sorted(json.loads(status.stdout)) == sorted(STAGES)  # every stage would run
+
+    plan = run("repro", "--dry", "--force")
+    assert plan.returncode == 0, plan.stderr
+    assert re.findall(r"Running stage '(\w+)'", plan.stdout) == STAGES
+    assert "> python -m s4d.data.synthetic" in plan.stdout and "> python -m s4d.data.prepare" in plan.stdout
+    assert not (clone / "data").exists() and not (clone / "artifacts").exists()
+
+    dry = run("repro", "--dry")
+    assert dry.returncode != 0 and "No such file or directory" in dry.stderr and "data/synthetic" in dry.stderr, (
+        "dvc repro --dry now works on a fresh clone: update the README's note on dry runs\n" + dry.stdout + dry.stderr)
+    assert not (clone / "data").exists() and not (clone / "artifacts").exists()

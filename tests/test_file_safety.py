@@ -9,6 +9,7 @@ naming the file (and line or key), exit status 1 or 2 and no traceback.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -161,6 +162,43 @@ def test_killed_finetune_rerun_keeps_the_previous_model(tmp_path_factory):
     assert not list(out.glob(".partial-*")) and not (out / "checkpoints").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("nproc", [1, pytest.param(2, marks=pytest.mark.heavy)])
+def test_finetune_full_disk_names_it_keeps_the_checkpoint_and_resumes(tmp_path_factory, nproc):
+    """Fine-tuning's checkpoints on a 3.5 MB tmpfs holding a foreign file (a step file of the small model is
+    ~1.44 MB; two are kept): the third does not fit, and the run stops with one line naming the folder, the
+    checkpoint it was writing and the one kept, leaving no partial file (with 2 ranks, both stop); with space
+    added, the same command resumes from step 2 and finishes; the foreign file and the mount point stay."""
+    root = toydata.toy_root(tmp_path_factory)
+    out = root / "runs" / f"full-disk-{nproc}"
+    ckpt = out / "checkpoints"
+    args = ["--out", str(out), "--params", str(ROOT / "params.yaml"), *toydata.SMALL_MODEL, *toydata.SMALL_RUN,
+            "data.prepared_dir=prepared", "data.workers=2", "finetune.epochs=1", "finetune.checkpoint_every=1",
+            f"finetune.nproc_per_node={nproc}"]
+    with tmpfs(ckpt, "3500k"):
+        (ckpt / "foreign.txt").write_text("not the project's")
+        full = run_module("s4d.train.finetune", *args, cwd=root, env=ENV)
+        assert full.returncode == 2, full.stderr[-3000:]
+        line = error_line(full, f"no space left on {ckpt}")
+        assert line.startswith("error: ") and "while writing checkpoint step_00000003.pt" in line, line
+        assert "previous checkpoint step_00000002.pt kept" in line, line
+        assert sorted(p.name for p in ckpt.iterdir()) == ["foreign.txt", "latest", "step_00000001.pt",
+                                                          "step_00000002.pt"]  # no partial file left
+        assert (ckpt / "latest").read_text().strip() == "step_00000002.pt"
+        assert not (out / "model.pt").exists()
+
+        subprocess.run(["mount", "-o", "remount,size=20m", str(ckpt)], check=True)
+        resumed = run_module("s4d.train.finetune", *args, cwd=root, env=ENV)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert "resuming from step 2 of" in resumed.stdout
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["resumed_from_step"] == 2 and summary["epochs_run"] == 1
+        assert summary["steps"] == len((out / "train_log.csv").read_text().strip().splitlines()) - 1 > 3
+        assert (out / "model.pt").stat().st_size > 100_000  # moved off the tmpfs: another file system
+        assert os.path.ismount(ckpt) and sorted(p.name for p in ckpt.iterdir()) == ["foreign.txt"]
+        assert (ckpt / "foreign.txt").read_text() == "not the project's"
+
+
 # --------------------------------------------------------------------------------------------- prepare
 def write_folder_dataset(root: Path, clips: int, images: int) -> None:
     """A `folder` dataset: videos as frame folders and stills, two classes."""
@@ -198,6 +236,63 @@ def test_failing_image_side_leaves_both_manifests(tmp_path, monkeypatch, capsys)
     assert "prepare failed" in err and "img01.jpg" in err
     assert {name: (prepared / name).read_bytes() for name in before} == before
     assert sorted(p.name for p in prepared.iterdir()) == sorted(before)  # no staging folder left
+
+
+MEDIA = ROOT.parent / "shared" / "media"
+
+
+@pytest.mark.slow
+@pytest.mark.media
+@pytest.mark.skipif(not (MEDIA / "single_face.mp4").is_file(), reason=f"no footage at {MEDIA}")
+def test_failing_prepare_keeps_the_previous_face_crops(tmp_path, monkeypatch, capsys):
+    """Raw videos go through face cropping. A rerun with another data.face_size re-crops every clip, then
+    fails on the image side: the previous crops, reports, manifests and summary stay byte for byte, and
+    nothing is left beside them. Fixed, the rerun swaps in the new crops and manifests together."""
+    from s4d.data.manifest import read_manifest
+    from s4d.data.prepare import main
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    for i, label in enumerate(("happy", "happy", "sad", "sad")):
+        (tmp_path / "ds/videos" / label).mkdir(parents=True, exist_ok=True)
+        shutil.copy(MEDIA / "single_face.mp4", tmp_path / "ds/videos" / label / f"clip{i}.mp4")
+    write_folder_dataset(tmp_path / "ds", clips=0, images=8)
+    prepared = tmp_path / "artifacts/prepared"
+
+    def snapshot() -> dict[str, bytes]:
+        return {str(p.relative_to(prepared)): p.read_bytes() for p in sorted(prepared.rglob("*")) if p.is_file()}
+
+    def crop_size(manifest: str) -> set:
+        paths = read_manifest(prepared / manifest)["path"]
+        return {cv2.imread(str(Path(p) / "00001.jpg")).shape[:2] for p in paths}
+
+    assert main(FOLDER_DATA) == 0
+    assert crop_size("dynamic.csv") == {(112, 112)}  # params.yaml's data.face_size
+    before = snapshot()
+    assert "faces/faces_dynamic.json" in before and sum(n.endswith(".jpg") for n in before) > 4 * 20
+
+    (tmp_path / "ds/images/sad/img01.jpg").write_bytes(b"")  # the image side breaks after the crops are made
+    capsys.readouterr()
+    assert main([*FOLDER_DATA, "data.face_size=48"]) == 1
+    err = capsys.readouterr().err
+    assert "prepare failed" in err and "img01.jpg" in err
+    assert snapshot() == before  # crops, reports, manifests and summary as they were
+    assert sorted(p.name for p in prepared.iterdir()) == ["dynamic.csv", "faces", "static.csv", "summary.json"]
+
+    write_folder_dataset(tmp_path / "ds", clips=0, images=8)
+    assert main([*FOLDER_DATA, "data.face_size=48"]) == 0
+    assert crop_size("dynamic.csv") == {(48, 48)}
+    assert set(read_manifest(prepared / "dynamic.csv")["height"]) == {48}
+    assert sorted(p.name for p in prepared.iterdir()) == ["dynamic.csv", "faces", "static.csv", "summary.json"]
+    summary = (prepared / "summary.json").read_text()
+    assert '"report": "artifacts/prepared/faces/faces_dynamic.json"' in summary
+
+    crops = snapshot()
+    assert main([*FOLDER_DATA, "data.face_size=48"]) == 0  # nothing changed: every clip is reused, not re-cropped
+    faces = json.loads((prepared / "faces/faces_dynamic.json").read_text())
+    assert (faces["reused"], faces["processed"], faces["written"]) == (4, 0, 4)
+    assert {k: v for k, v in snapshot().items() if k.endswith(".jpg")} == {
+        k: v for k, v in crops.items() if k.endswith(".jpg")}
 
 
 def test_non_utf8_split_file_names_file_and_line(tmp_path, monkeypatch, capsys):

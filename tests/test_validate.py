@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -159,12 +160,32 @@ def test_stage_exit_codes(micro_project, capsys):
     assert main(["validate.min_size=8"]) == 1
     out = capsys.readouterr().out
     assert "Manifest validation FAILED" in out and "FAIL files_present" in out and "gone.jpg" in out
+    assert_offline_data_docs(micro_project / "artifacts/validation/gx/uncommitted/data_docs/local_site")
 
     with pytest.raises(SystemExit) as exit_info:
         main(["validate.min_sise=8"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "validate.min_sise" in err and len(err.strip().splitlines()) == 1
+
+
+def assert_offline_data_docs(site: Path) -> None:
+    """After a passing and a failing run: index.html lists both runs' four results, newest first, with the
+    failing table marked and every link resolving; no page or stylesheet loads anything over http(s)."""
+    index = (site / "index.html").read_text()
+    runs = re.findall(r"<tr><td>([\d: -]+)</td><td>([^<]+)</td><td>[^<]+</td><td>(.*?)</td><td><a href=\"([^\"]+)\"",
+                      index)
+    assert len(runs) == 8 and len({run for run, *_ in runs}) == 2, index
+    assert [run for run, *_ in runs] == sorted((run for run, *_ in runs), reverse=True)
+    newest, oldest = runs[:4], runs[4:]
+    assert all("passed" in result for *_, result, _ in oldest)  # short clips only warn:
+    assert {table for _, table, result, _ in oldest if "warning" in result} == {"manifests-dynamic_rows"}
+    assert {table for _, table, result, _ in newest if "FAILED" in result} == {"manifests-static_rows"}
+    assert all((site / link).is_file() for *_, link in runs)
+    remote = re.compile(r"<(?:script|link|img)\b[^>]*\b(?:src|href)=[\"']https?://|url\(\s*[\"']?https?://",
+                        re.IGNORECASE)
+    pages = [*site.rglob("*.html"), *site.rglob("*.css")]
+    assert len(pages) > 8 and not [p for p in pages if remote.search(p.read_text())]
 
 
 def damaged_clips(base: Path) -> tuple[pd.DataFrame, dict[str, str]]:

@@ -6,7 +6,10 @@ cropping into frame folders; a val split is carved from train when the dataset h
 disjoint when identities are known). Paths are rewritten relative to the project folder.
 
 Writes <prepared_dir>/dynamic.csv, static.csv, summary.json (counts) and, for raw media, faces/<task>/
-(crops) with faces_<task>.json (what was skipped and why).
+(crops) with faces/faces_<task>.json (what was skipped and why). Everything is written into
+<prepared_dir>/.staging/ first and swapped in by renames only when both tasks succeeded: a failure at any
+point leaves the previous crops, manifests and summary as they were. The previous crops are hard-linked
+into the staging folder first, so clips already done (same file, same settings) are not cropped again.
 """
 from __future__ import annotations
 
@@ -38,13 +41,17 @@ def crop_faces(manifest: pd.DataFrame, dataset_root: Path, out_root: Path, param
                               media_root=dataset_root)
     rows = report.manifest()
     if rows.empty:
-        raise ValueError(f"no face found in any of the {len(manifest)} videos under {dataset_root}; "
-                         f"see {out_root}")
+        reasons = sorted({skip["reason"] for skip in report.skipped})
+        raise ValueError(f"no face found in any of the {len(manifest)} videos under {dataset_root} "
+                         f"(skipped: {', '.join(reasons)})")
     rows["path"] = [str(out_root / p) for p in rows["path"]]
-    return conform(rows), report.to_dict()
+    return conform(rows), report.summary()
 
 
-def prepare_task(task: str, dataset: DatasetConfig, params: Params) -> tuple[pd.DataFrame, dict]:
+def prepare_task(task: str, dataset: DatasetConfig, params: Params, staging: Path | None = None
+                 ) -> tuple[pd.DataFrame, dict]:
+    """One task's manifest. Face crops of raw videos are written under `staging`/faces/<task> (default: the
+    prepared folder itself), and the manifest points at where they will be after the swap."""
     root = Path(dataset.root)
     manifest = read_dataset(dataset.reader, root, dataset.fold)
     if manifest.empty:
@@ -53,10 +60,13 @@ def prepare_task(task: str, dataset: DatasetConfig, params: Params) -> tuple[pd.
     raw = manifest["path"].map(is_raw_video)
     if raw.any():
         faces_dir = Path(params.data.prepared_dir) / "faces" / task
-        cropped, report = crop_faces(manifest[raw], root, faces_dir, params)
-        info["faces"] = {"written": report["written"], "skipped": report["skipped_count"],
+        work_dir = Path(staging or params.data.prepared_dir) / "faces" / task
+        reuse_crops(faces_dir, work_dir)
+        cropped, report = crop_faces(manifest[raw], root, work_dir, params)
+        cropped["path"] = [str(faces_dir / Path(p).relative_to(work_dir)) for p in cropped["path"]]
+        info["faces"] = {"written": report["written"], "skipped": len(report["skipped"]),
                          "report": str(faces_dir.parent / f"faces_{task}.json")}
-        info["faces_report"] = report  # written with the manifests, all or nothing
+        write_json(work_dir.parent / f"faces_{task}.json", report)  # swapped in with the crops
         done = manifest[~raw].assign(path=[str(root / p) for p in manifest.loc[~raw, "path"]])
         manifest = pd.concat([done, cropped], ignore_index=True)
     else:
@@ -68,34 +78,53 @@ def prepare_task(task: str, dataset: DatasetConfig, params: Params) -> tuple[pd.
 
 
 def prepare(params: Params) -> dict:
-    """Both manifests, the faces reports and summary.json, swapped in only when both tasks succeeded: a
-    failure leaves every file of the previous prepare as it was."""
+    """Both manifests, the face crops with their reports, and summary.json, swapped in only when both tasks
+    succeeded: a failure leaves every file of the previous prepare as it was."""
     out = Path(params.data.prepared_dir)
-    results = {task: prepare_task(task, getattr(params.data, task), params) for task in TASKS}
+    existed = out.is_dir()
     staging = out / ".staging"
     if staging.is_dir() and not staging.is_symlink():
         shutil.rmtree(staging)  # a killed prepare's leftovers (the name is ours)
-    written = []
     try:
+        results = {task: prepare_task(task, getattr(params.data, task), params, staging) for task in TASKS}
         summary = {}
+        written = []
         for task, (manifest, info) in results.items():
             written.append(write_manifest(manifest, staging / f"{task}.csv"))
-            if "faces_report" in info:
-                name = Path(info["faces"]["report"]).name
-                written.append(write_json(staging / name, info.pop("faces_report")))
             summary[task] = info
         written.append(write_json(staging / "summary.json", summary))
-        for path in written:  # renames in one folder: nothing left to fail between them
+        # Renames inside one folder, nothing left to fail between them: the old crops go aside into the
+        # staging folder (removed below), the new ones (or none) take their place, then the files.
+        if (out / "faces").exists():
+            os.replace(out / "faces", staging / "faces.previous")
+        if (staging / "faces").exists():
+            os.replace(staging / "faces", out / "faces")
+        for path in written:
             os.replace(path, out / path.name)
     finally:
-        for path in written:
-            path.unlink(missing_ok=True)
-        if staging.exists():
-            staging.rmdir()
+        if staging.is_dir() and not staging.is_symlink():
+            shutil.rmtree(staging)
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a prepare that failed before writing anything leaves no empty folder
     for task, (manifest, info) in results.items():
         sizes = ", ".join(f"{split} {sum(c.values())}" for split, c in info["counts"].items())
         print(f"{task}: {len(manifest)} {manifest['modality'].iloc[0]}s from {info['reader']} ({sizes})")
     return summary
+
+
+def reuse_crops(previous: Path, work_dir: Path) -> None:
+    """Hard-link the previous crops into the staging folder, so finished clips are reused (preprocess redoes
+    a clip in a fresh folder, never writing through a link). Falls back to copies where links fail."""
+    if not previous.is_dir() or work_dir.exists():
+        return
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+    shutil.copytree(previous, work_dir, copy_function=link, symlinks=True)
+
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,10 +28,19 @@ groups) are computed first into `*_status` columns ("ok" or the reason), and the
 table of their own. In `<out>`: `tables/` holds those tables as validated, `gx/` the GX project (a file
 context, so Data Docs keep the history of runs; HTML in gx/uncommitted/data_docs/local_site/), and
 `summary.json` the last report.
+
+Data Docs offline: GX's pages load Bootstrap, jQuery, Vega and fonts from CDNs, and its index builds the
+table of validation runs in JavaScript from those CDNs, so offline the index lists nothing and no page is
+styled. After GX renders, every page's remote scripts and stylesheets are dropped in favour of one local
+stylesheet (static/styles/offline.css), remote images point at GX's own local logo, and index.html is
+rewritten as plain HTML listing every validation run kept in the site (newest first, passed or failed).
 """
 from __future__ import annotations
 
+import html
+import json
 import os
+import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -224,6 +233,91 @@ def class_shares(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["id", "label_set", "label", "count", "share"])
 
 
+# ------------------------------------------------------------------------------------- offline Data Docs
+SITE = Path("gx/uncommitted/data_docs/local_site")
+RESULTS = Path("gx/uncommitted/validations")
+_REMOTE_TAG = re.compile(r'<script\b[^>]*\bsrc="https?://[^"]*"[^>]*>\s*</script>'
+                         r'|<link\b[^>]*\bhref="https?://[^"]*"[^>]*>', re.IGNORECASE)
+_REMOTE_SRC = re.compile(r'\bsrc="https?://[^"]*"', re.IGNORECASE)
+_REMOTE_URL = re.compile(r"url\(\s*['\"]?https?://[^)]*\)", re.IGNORECASE)
+OFFLINE_CSS = """\
+body { font-family: HKGrotesk, system-ui, sans-serif; margin: 0 auto; max-width: 1200px; padding: 1em; color: #222; }
+@font-face { font-family: HKGrotesk; src: url(../fonts/HKGrotesk/HKGrotesk-Regular.otf); }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
+th { background: #f2f2f2; }
+img { max-height: 40px; }
+.passed, .text-success { color: #1a7f37; } .failed, .text-danger { color: #c62828; }
+.hide, .d-none, .sr-only, .collapse:not(.show) { display: none; }
+.card { border: 1px solid #ddd; border-radius: 4px; padding: 0.5em 1em; margin: 0.8em 0; }
+.fa-check-circle::before { content: "\\2713"; } .fa-times::before { content: "\\2717"; }
+.fa-question-circle::before { content: "?"; }
+"""
+
+
+def offline_data_docs(out_dir: Path) -> Path:
+    """Make the Data Docs site under `out_dir` readable offline (see the module note); returns index.html."""
+    site = Path(out_dir) / SITE
+    styles = site / "static" / "styles"
+    styles.mkdir(parents=True, exist_ok=True)
+    (styles / "offline.css").write_text(OFFLINE_CSS)
+    for page in site.rglob("*.html"):  # GX renders only the new runs' pages; the others are done already
+        up = "../" * (len(page.relative_to(site).parts) - 1)
+        before = page.read_text()
+        if "static/styles/offline.css" in before:
+            continue
+        text = _REMOTE_TAG.sub("", before)
+        text = _REMOTE_SRC.sub(f'src="{up}static/images/logo-long.png"', text)
+        text = _REMOTE_URL.sub("none", text)
+        local = f'<link rel="stylesheet" href="{up}static/styles/offline.css">\n</head>'
+        page.write_text(text.replace("</head>", local, 1))
+    for sheet in styles.glob("*.css"):
+        sheet.write_text(_REMOTE_URL.sub("none", sheet.read_text()))
+    index = site / "index.html"
+    index.write_text(_index_page(Path(out_dir), site))
+    return index
+
+
+def _index_page(out_dir: Path, site: Path) -> str:
+    """index.html as plain HTML: the expectation suites and every validation run of the site."""
+    rows = []
+    for page in site.glob("validations/*/*/*/*.html"):  # validations/<suite>/<run name>/<run time>/<batch>
+        suite, _, run_time, _ = page.relative_to(site / "validations").parts
+        stored = out_dir / RESULTS / page.relative_to(site / "validations").with_suffix(".json")
+        rows.append((run_time, page.stem, suite, _verdict(stored), page.relative_to(site).as_posix()))
+    rows.sort(key=lambda r: (r[0], r[1]), reverse=True)
+    runs = "\n".join(
+        f"<tr><td>{_run_time(t)}</td><td>{html.escape(batch)}</td><td>{html.escape(suite)}</td>"
+        f'<td>{verdict}</td><td><a href="{html.escape(link)}">details</a></td></tr>'
+        for t, batch, suite, verdict, link in rows)
+    suites = "\n".join(f'<li><a href="{html.escape(p.relative_to(site).as_posix())}">{html.escape(p.stem)}</a></li>'
+                        for p in sorted(site.glob("expectations/*.html")))
+    return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>Manifest validation: Data Docs</title>\n'
+            f'<link rel="stylesheet" href="static/styles/offline.css"></head>\n<body>\n'
+            f"<h1>Manifest validation</h1>\n<h2>Validation runs ({len(rows)} results)</h2>\n"
+            f"<table><tr><th>run (UTC)</th><th>table</th><th>suite</th><th>result</th><th></th></tr>\n{runs}\n"
+            f"</table>\n<h2>Expectation suites</h2>\n<ul>\n{suites}\n</ul>\n</body></html>\n")
+
+
+def _verdict(stored: Path) -> str:
+    """A stored validation result as this module judges it: failed warnings alone do not fail a table
+    (GX's own `success` counts them)."""
+    try:
+        results = json.loads(stored.read_text())["results"]
+    except (OSError, ValueError, KeyError):
+        return "unknown"
+    failed = [r.get("expectation_config", {}).get("severity") for r in results if not r.get("success")]
+    if any(severity != WARNING for severity in failed):
+        return '<span class="failed">FAILED</span>'
+    return '<span class="passed">passed</span>' + (f" ({len(failed)} warning(s))" if failed else "")
+
+
+def _run_time(stamp: str) -> str:
+    """GX's run folder name 20261202T004302.308192Z -> 2026-12-02 00:43:02."""
+    m = re.fullmatch(r"(\d{4})(\d\d)(\d\d)T(\d\d)(\d\d)(\d\d)(\.\d+)?Z?", stamp)
+    return f"{m[1]}-{m[2]}-{m[3]} {m[4]}:{m[5]}:{m[6]}" if m else html.escape(stamp)
+
+
 # ---------------------------------------------------------------------------------------------- suites
 def _row_expectations(clip_length: int, min_size: int) -> list:
     import great_expectations.expectations as gxe
@@ -371,8 +465,8 @@ def validate_manifests(manifests: dict[str, pd.DataFrame], root_dirs: dict[str, 
         result_format={"result_format": "SUMMARY", "unexpected_index_column_names": ["id"]}))
     results = _outcomes(checkpoint.run(), manifest_of)
 
-    docs = out_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
-    report = ValidationReport(results=results, rows=rows, docs_index=docs if data_docs else None,
+    docs = offline_data_docs(out_dir) if data_docs else None
+    report = ValidationReport(results=results, rows=rows, docs_index=docs,
                               summary_path=out_dir / "summary.json")
     write_json(report.summary_path, report.to_dict())
     return report

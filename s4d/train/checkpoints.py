@@ -10,7 +10,8 @@
   aside (`move_aside`) rather than deleting it.
 - Outputs are written to a staging folder inside the output folder (same file system) and swapped in by
   rename when the run finished (`staging_dir`, `commit_outputs`).
-- A full disk while writing is reported as "no space left on <path>" (`write_failure`).
+- A full disk while writing a checkpoint is reported as "no space left on <path> while writing checkpoint
+  <new>; previous checkpoint <old> kept" (`out_of_space`), by pretraining and fine-tuning alike.
 """
 from __future__ import annotations
 
@@ -200,3 +201,14 @@ def write_failure(error: BaseException, path: Path) -> str | None:
         if free < LOW_SPACE_BYTES:
             return "no space left"
     return None
+
+
+def out_of_space(error: BaseException, folder: Path, writing: str, kept: str | None) -> OutOfSpace | None:
+    """The error to stop a stage with when writing checkpoint `writing` into `folder` failed for lack of
+    space (None when `error` is another failure): it names the folder, the checkpoint and the one kept."""
+    reason = write_failure(error, folder)
+    if reason is None:
+        return None
+    keep = (f"previous checkpoint {kept} kept: free space and rerun the same command to resume" if kept
+            else "no earlier checkpoint to keep")
+    return OutOfSpace(f"{reason} on {folder} while writing checkpoint {writing}; {keep}")

@@ -16,12 +16,14 @@ expert_load.csv (per epoch, task, MoAE layer and expert), curves.png, init_repor
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -46,7 +48,7 @@ from s4d.data.manifest import dataset_folders, read_manifest
 from s4d.io import save_figure, save_torch, write_csv, write_json, write_text
 from s4d.models.checkpoint import CheckpointError, init_classifier, save_checkpoint
 from s4d.models.classifier import S4DClassifier
-from s4d.train.checkpoints import commit_outputs, staging_dir
+from s4d.train.checkpoints import OutOfSpace, commit_outputs, out_of_space, staging_dir
 from s4d.train.distributed import (Stopped, all_reduce_sum, barrier, broadcast_object, gather_objects, rank,
                                    stop_requested, stop_signal, use_bf16, world_size)
 from s4d.train.launch import relaunch, run_worker, under_launcher
@@ -448,10 +450,43 @@ def save_resume_state(ckpt_dir: Path, state: dict, keep_last: int) -> None:
     a kill at any point leaves `latest` naming a complete checkpoint. The last `keep_last` are kept."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     name = f"step_{state['step']:08d}.pt"
-    save_torch(state, ckpt_dir / name)
-    write_text(ckpt_dir / "latest", name + "\n")
+    with checkpoint_write(ckpt_dir, name):
+        save_torch(state, ckpt_dir / name)  # a full disk surfaces as OSError(ENOSPC): see s4d.io.save_torch
+        write_text(ckpt_dir / "latest", name + "
+")
     for old in sorted(ckpt_dir.glob("step_*.pt"))[:-keep_last]:
         old.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def checkpoint_write(ckpt_dir: Path, name: str):
+    """Writes of checkpoint `name` into ckpt_dir; a full disk becomes OutOfSpace naming the folder and the
+    checkpoint `latest` still names, after removing this write's temp files (a partial file holds space)."""
+    latest = ckpt_dir / "latest"
+    kept = latest.read_text().strip() if latest.is_file() else None
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        failure = out_of_space(e, ckpt_dir, name, kept)
+        if failure is None:
+            raise
+        for partial in ckpt_dir.glob(f".{name}.*tmp*"):  # the target itself is still the previous file
+            partial.unlink(missing_ok=True)
+        raise failure from None
+
+
+def on_rank0(write: Callable[[], None]) -> None:
+    """Rank 0 runs `write`; a full disk there stops every rank with the same message (the others would
+    otherwise wait at the next collective for a rank that has gone)."""
+    failure = None
+    if rank() == 0:
+        try:
+            write()
+        except OutOfSpace as e:
+            failure = str(e)
+    failure = broadcast_object(failure)
+    if failure:
+        raise OutOfSpace(failure)
 
 
 def remove_resume_state(ckpt_dir: Path) -> None:
@@ -615,13 +650,12 @@ def finetune(params: Params, out_dir: Path = Path("artifacts/finetune")) -> dict
         """Every rank calls it (the expert counts are gathered); rank 0 writes."""
         tick = time.time()
         partial_load = expert_load.reduced_state()
-        if main_rank:
-            save_resume_state(ckpt_dir, {
-                "step": step, "epochs_done": epochs_done, "stale": stale, "best": best, "inputs": inputs,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "step_rows": step_rows, "epoch_rows": epoch_rows,
-                "load_rows": load_rows, "epoch_losses": dict(epoch_losses), "expert_load": partial_load},
-                ft.keep_last)
+        on_rank0(lambda: save_resume_state(ckpt_dir, {
+            "step": step, "epochs_done": epochs_done, "stale": stale, "best": best, "inputs": inputs,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "step_rows": step_rows, "epoch_rows": epoch_rows,
+            "load_rows": load_rows, "epoch_losses": dict(epoch_losses), "expert_load": partial_load},
+            ft.keep_last))
         barrier()
         saves.append(time.time() - tick)
 
@@ -722,13 +756,17 @@ def finetune(params: Params, out_dir: Path = Path("artifacts/finetune")) -> dict
             if improved:
                 best = {"metric": metric, "epoch": epoch, "val": {t: _brief(m) for t, m in val.items()}}
                 stale = 0
-                if main_rank:
-                    save_checkpoint(ckpt_dir / "best.pt", model, meta={
-                        "epoch": epoch, "select_metric": ft.select_metric,
-                        "val": {t: _brief(m) for t, m in val.items()},
-                        "labels": names, "label_sets": {t: str(m["label_set"].iloc[0]) for t, m in manifests.items()},
-                        "datasets": {t: getattr(data, t).reader for t in manifests},
-                        "init": init_summary, "params": to_dict(params)})
+
+                def save_best() -> None:
+                    with checkpoint_write(ckpt_dir, "best.pt"):
+                        save_checkpoint(ckpt_dir / "best.pt", model, meta={
+                            "epoch": epoch, "select_metric": ft.select_metric,
+                            "val": {t: _brief(m) for t, m in val.items()},
+                            "labels": names,
+                            "label_sets": {t: str(m["label_set"].iloc[0]) for t, m in manifests.items()},
+                            "datasets": {t: getattr(data, t).reader for t in manifests},
+                            "init": init_summary, "params": to_dict(params)})
+                on_rank0(save_best)
             else:
                 stale += 1
 
@@ -785,7 +823,7 @@ def finetune(params: Params, out_dir: Path = Path("artifacts/finetune")) -> dict
     }
     if main_rank:
         # The selected model replaces the previous one only now that the run has finished.
-        os.replace(ckpt_dir / "best.pt", out_dir / "model.pt")
+        shutil.move(ckpt_dir / "best.pt", out_dir / "model.pt")  # a copy when checkpoints/ is another disk
         write_json(out_dir / "summary.json", summary)
         commit_outputs(out_dir, final_dir, tuple(sorted(OUTPUTS, key=lambda n: n in ("model.pt", "summary.json"))))
         remove_resume_state(ckpt_dir)  # it only serves to resume an unfinished run
@@ -819,7 +857,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(relaunch("s4d.train.finetune", raw, params.finetune.nproc_per_node, params.launch))
     code = run_worker(lambda: finetune(params, Path(args.out)), report=lambda summary: print(json.dumps(
         {k: summary[k] for k in ("best_epoch", "best", "epochs_run", "wall_time_s")}, indent=2)),
-        user_errors=(FinetuneError, CheckpointError, FileNotFoundError, InputError))
+        user_errors=(FinetuneError, CheckpointError, FileNotFoundError, InputError, OutOfSpace))
     if code:
         sys.exit(code)
 

@@ -37,8 +37,8 @@ from s4d.io import atomic_output, save_figure, write_json, write_text
 from s4d.models import MaskedAutoencoder
 from s4d.models.checkpoint import save_checkpoint
 from s4d.stage import load_stage_params, stage_parser
-from s4d.train.checkpoints import (OutOfSpace, ResumeRefused, claim, move_aside, own_entries, refusal,
-                                   remove_all_own, remove_own, run_settings, settings_diff, write_failure)
+from s4d.train.checkpoints import (OutOfSpace, ResumeRefused, claim, move_aside, out_of_space, own_entries,
+                                   refusal, remove_all_own, remove_own, run_settings, settings_diff)
 from s4d.train.distributed import Dist, init_distributed, shutdown, use_bf16
 from s4d.train.launch import relaunch, under_launcher
 
@@ -123,16 +123,13 @@ def save_training_state(engine, ckpt_dir: Path, state: dict, dist: Dist, keep_la
             write_json(ckpt_dir / tag / "run.json", {"step": state["step"], "total_steps": state["total_steps"],
                                                      "settings": settings or {}})
     except (OSError, RuntimeError) as e:
-        reason = write_failure(e, ckpt_dir)
-        if reason is None:
-            raise
         latest = ckpt_dir / "latest"
-        kept = latest.read_text().strip() if latest.is_file() else None
+        failure = out_of_space(e, ckpt_dir, tag, latest.read_text().strip() if latest.is_file() else None)
+        if failure is None:
+            raise
         if dist.is_main:
             remove_own(ckpt_dir, tag)  # the partial checkpoint: frees the space it took
-        raise OutOfSpace(f"{reason} on {ckpt_dir} while writing checkpoint {tag}; "
-                         + (f"previous checkpoint {kept} kept: free space and rerun the same command to resume"
-                            if kept else "no earlier checkpoint to keep")) from None
+        raise failure from None
     torch.distributed.barrier()
     if dist.is_main:
         claim(ckpt_dir, "latest", *(set(os.listdir(ckpt_dir)) - before))  # e.g. DeepSpeed's zero_to_fp32.py
