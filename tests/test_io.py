@@ -133,10 +133,10 @@ OTHER_DEFINITIONS = {
 WRITE_CALLS = ("os.replace", "os.rename", "json.dump", "torch.save", "socket.socket", ".savefig", ".to_csv(path)")
 ALLOWED_CALLS = {
     # Moves of finished files and folders, not writes: the thing renamed is already complete.
-    ("s4d/data/prepare.py", "os.replace"): 1,  # staged manifests into place, all in one folder
+    # staged face crops swapped with the previous ones (2), staged manifests into place, all in one folder (1)
+    ("s4d/data/prepare.py", "os.replace"): 3,
     ("s4d/data/synthetic/generate.py", "os.replace"): 3,  # the rendered dataset folder swapped with the old one
     ("s4d/train/checkpoints.py", "os.replace"): 2,  # a run's outputs moved aside, the staging folder committed
-    ("s4d/train/finetune.py", "os.replace"): 1,  # the best checkpoint becomes model.pt
     # Inside a DeepSpeed checkpoint folder that only counts once `latest` (written by s4d.io) names it.
     ("s4d/train/pretrain.py", "torch.save"): 1,
 }

@@ -452,8 +452,7 @@ def save_resume_state(ckpt_dir: Path, state: dict, keep_last: int) -> None:
     name = f"step_{state['step']:08d}.pt"
     with checkpoint_write(ckpt_dir, name):
         save_torch(state, ckpt_dir / name)  # a full disk surfaces as OSError(ENOSPC): see s4d.io.save_torch
-        write_text(ckpt_dir / "latest", name + "
-")
+        write_text(ckpt_dir / "latest", name + "\n")
     for old in sorted(ckpt_dir.glob("step_*.pt"))[:-keep_last]:
         old.unlink(missing_ok=True)
 
