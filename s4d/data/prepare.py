@@ -6,7 +6,8 @@ cropping into frame folders; a val split is carved from train when the dataset h
 disjoint when identities are known). Paths are rewritten relative to the project folder.
 
 Writes <prepared_dir>/dynamic.csv, static.csv, summary.json (counts) and, for raw media, faces/<task>/
-(crops) with faces_<task>.json (what was skipped and why).
+(crops) with faces_<task>.json (what was skipped and why). The unlabelled pretraining pool (`data.pool`)
+goes to pool_dynamic.csv and pool_static.csv (rows without labels; only pretraining reads them).
 """
 from __future__ import annotations
 
@@ -20,10 +21,11 @@ import pandas as pd
 
 from s4d.config import DatasetConfig, Params
 from s4d.data.manifest import conform, write_manifest
-from s4d.data.readers import VIDEO_SUFFIXES, carve_val, read_dataset
+from s4d.data.readers import VIDEO_SUFFIXES, carve_val, read_dataset, read_pool
 from s4d.stage import load_stage_params, stage_parser
 
 TASKS = ("dynamic", "static")
+POOL_MANIFESTS = {"video": "pool_dynamic.csv", "image": "pool_static.csv"}  # by modality
 
 
 def is_raw_video(path: str) -> bool:
@@ -67,11 +69,41 @@ def prepare_task(task: str, dataset: DatasetConfig, params: Params) -> tuple[pd.
     return conform(manifest), info
 
 
+def prepare_pool(params: Params) -> dict[str, tuple[pd.DataFrame, dict]]:
+    """The unlabelled pool as {"pool_dynamic": (manifest, info), "pool_static": ...} (a modality it lacks is
+    left out); {} when data.pool.reader is none. No val carve: pretraining reads all of it."""
+    pool = params.data.pool
+    if pool.reader == "none":
+        return {}
+    root = Path(pool.root)
+    manifest = read_pool(pool.reader, root)
+    info: dict = {"reader": pool.reader, "root": str(root)}
+    raw = manifest["path"].map(is_raw_video)
+    if raw.any():  # unlabelled raw videos get the same face crops as labelled ones
+        faces_dir = Path(params.data.prepared_dir) / "faces" / "pool"
+        cropped, report = crop_faces(manifest[raw], root, faces_dir, params)
+        info["faces"] = {"written": report["written"], "skipped": report["skipped_count"],
+                         "report": str(faces_dir.parent / "faces_pool.json")}
+        info["faces_report"] = report
+        manifest = pd.concat([manifest[~raw].assign(path=[str(root / p) for p in manifest.loc[~raw, "path"]]),
+                              cropped], ignore_index=True)
+    else:
+        manifest = manifest.assign(path=[str(root / p) for p in manifest["path"]])
+    out = {}
+    for modality, name in POOL_MANIFESTS.items():
+        rows = manifest[manifest["modality"] == modality]
+        if len(rows):
+            part = {k: v for k, v in info.items() if k not in ("faces", "faces_report") or modality == "video"}
+            out[Path(name).stem] = conform(rows), {**part, "counts": {"train": {"unlabelled": len(rows)}}}
+    return out
+
+
 def prepare(params: Params) -> dict:
     """Both manifests, the faces reports and summary.json, swapped in only when both tasks succeeded: a
     failure leaves every file of the previous prepare as it was."""
     out = Path(params.data.prepared_dir)
     results = {task: prepare_task(task, getattr(params.data, task), params) for task in TASKS}
+    results.update(prepare_pool(params))
     staging = out / ".staging"
     if staging.is_dir() and not staging.is_symlink():
         shutil.rmtree(staging)  # a killed prepare's leftovers (the name is ours)
@@ -87,6 +119,9 @@ def prepare(params: Params) -> dict:
         written.append(write_json(staging / "summary.json", summary))
         for path in written:  # renames in one folder: nothing left to fail between them
             os.replace(path, out / path.name)
+        for name in POOL_MANIFESTS.values():  # a pool manifest this run did not write is stale
+            if name not in {path.name for path in written}:
+                (out / name).unlink(missing_ok=True)
     finally:
         for path in written:
             path.unlink(missing_ok=True)

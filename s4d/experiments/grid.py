@@ -184,9 +184,14 @@ def data_fingerprint(params: Params) -> str:
     `s4d generate`) must not invalidate the grid; other data (other pixels: other JPEG sizes) does."""
     from s4d.data.manifest import read_manifest
 
+    from s4d.data.prepare import POOL_MANIFESTS
+
     h = hashlib.sha256()
-    for task in ("dynamic", "static"):
-        manifest = Path(params.data.prepared_dir) / f"{task}.csv"
+    prepared = Path(params.data.prepared_dir)
+    for name in ("dynamic.csv", "static.csv", *POOL_MANIFESTS.values()):  # the pool, when prepared
+        manifest = prepared / name
+        if name in POOL_MANIFESTS.values() and not manifest.is_file():
+            continue
         h.update(manifest.read_bytes())
         for path in map(Path, read_manifest(manifest)["path"]):
             try:
