@@ -149,9 +149,10 @@ def test_a_users_folder_of_unlabelled_media(tmp_path):
     (root / "images/.DS_Store").write_bytes(b"hidden files are skipped")
     rows = read_pool("folder", root).set_index("id")
     assert sorted(rows.index) == ["images/b.jpg", "images/web/a.jpg", "videos/day1/talk.mp4", "videos/day2/clip_a"]
-    assert set(rows["label"]) == {-1} and set(rows["label_set"]) == {"unlabelled"} and set(rows["label_name"]) == {""}
+    assert set(rows["label"]) == {-1} and set(rows["label_set"]) == set(rows["label_name"]) == {"unlabelled"}
     assert rows.loc["videos/day2/clip_a", "num_frames"] == 3 and rows.loc["images/b.jpg", "modality"] == "image"
-    assert rows.loc["videos/day1/talk.mp4", "modality"] == "video" and rows.loc["videos/day1/talk.mp4", "num_frames"] > 10
+    talk = rows.loc["videos/day1/talk.mp4"]
+    assert talk["modality"] == "video" and talk["num_frames"] > 10
     with pytest.raises(KeyError, match="unknown label set 'unlabelled'"):
         classes_of("unlabelled")  # nothing can build a head on pool rows
 

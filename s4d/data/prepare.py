@@ -48,10 +48,11 @@ def crop_faces(manifest: pd.DataFrame, dataset_root: Path, out_root: Path, param
 
 def prepare_task(task: str, dataset: DatasetConfig, params: Params) -> tuple[pd.DataFrame, dict]:
     root = Path(dataset.root)
-    manifest = read_dataset(dataset.reader, root, dataset.fold)
+    pool = task == "pool"  # unlabelled (data.pool): its own readers, no folds, no val carve
+    manifest = read_pool(dataset.reader, root) if pool else read_dataset(dataset.reader, root, dataset.fold)
     if manifest.empty:
         raise ValueError(f"data.{task}: reader {dataset.reader} found no samples under {root}")
-    info: dict = {"reader": dataset.reader, "root": str(root), "fold": dataset.fold}
+    info: dict = {"reader": dataset.reader, "root": str(root), "fold": 0 if pool else dataset.fold}
     raw = manifest["path"].map(is_raw_video)
     if raw.any():
         faces_dir = Path(params.data.prepared_dir) / "faces" / task
@@ -63,38 +64,25 @@ def prepare_task(task: str, dataset: DatasetConfig, params: Params) -> tuple[pd.
         manifest = pd.concat([done, cropped], ignore_index=True)
     else:
         manifest = manifest.assign(path=[str(root / p) for p in manifest["path"]])
-    manifest = carve_val(manifest, params.data.val_fraction, params.data.seed)
+    if not pool:  # pretraining reads all of the pool
+        manifest = carve_val(manifest, params.data.val_fraction, params.data.seed)
     info["counts"] = {split: {str(k): int(v) for k, v in rows["label_name"].value_counts().sort_index().items()}
                       for split, rows in manifest.groupby("split")}
     return conform(manifest), info
 
 
-def prepare_pool(params: Params) -> dict[str, tuple[pd.DataFrame, dict]]:
-    """The unlabelled pool as {"pool_dynamic": (manifest, info), "pool_static": ...} (a modality it lacks is
-    left out); {} when data.pool.reader is none. No val carve: pretraining reads all of it."""
-    pool = params.data.pool
-    if pool.reader == "none":
-        return {}
-    root = Path(pool.root)
-    manifest = read_pool(pool.reader, root)
-    info: dict = {"reader": pool.reader, "root": str(root)}
-    raw = manifest["path"].map(is_raw_video)
-    if raw.any():  # unlabelled raw videos get the same face crops as labelled ones
-        faces_dir = Path(params.data.prepared_dir) / "faces" / "pool"
-        cropped, report = crop_faces(manifest[raw], root, faces_dir, params)
-        info["faces"] = {"written": report["written"], "skipped": report["skipped_count"],
-                         "report": str(faces_dir.parent / "faces_pool.json")}
-        info["faces_report"] = report
-        manifest = pd.concat([manifest[~raw].assign(path=[str(root / p) for p in manifest.loc[~raw, "path"]]),
-                              cropped], ignore_index=True)
-    else:
-        manifest = manifest.assign(path=[str(root / p) for p in manifest["path"]])
-    out = {}
+def split_pool(results: dict) -> dict:
+    """The "pool" task's manifest -> "pool_dynamic" (videos) and "pool_static" (stills), each with its own
+    counts; a modality the pool lacks is left out (the faces report goes with the videos)."""
+    if "pool" not in results:
+        return results
+    out = {task: result for task, result in results.items() if task != "pool"}
+    manifest, info = results["pool"]
     for modality, name in POOL_MANIFESTS.items():
         rows = manifest[manifest["modality"] == modality]
         if len(rows):
-            part = {k: v for k, v in info.items() if k not in ("faces", "faces_report") or modality == "video"}
-            out[Path(name).stem] = conform(rows), {**part, "counts": {"train": {"unlabelled": len(rows)}}}
+            keep = {k: v for k, v in info.items() if modality == "video" or k not in ("faces", "faces_report")}
+            out[Path(name).stem] = conform(rows), {**keep, "counts": {"train": {"unlabelled": len(rows)}}}
     return out
 
 
@@ -102,8 +90,10 @@ def prepare(params: Params) -> dict:
     """Both manifests, the faces reports and summary.json, swapped in only when both tasks succeeded: a
     failure leaves every file of the previous prepare as it was."""
     out = Path(params.data.prepared_dir)
-    results = {task: prepare_task(task, getattr(params.data, task), params) for task in TASKS}
-    results.update(prepare_pool(params))
+    tasks = {task: getattr(params.data, task) for task in TASKS}
+    if params.data.pool.reader != "none":
+        tasks["pool"] = params.data.pool
+    results = split_pool({task: prepare_task(task, dataset, params) for task, dataset in tasks.items()})
     staging = out / ".staging"
     if staging.is_dir() and not staging.is_symlink():
         shutil.rmtree(staging)  # a killed prepare's leftovers (the name is ours)

@@ -574,9 +574,10 @@ def read_synthetic_image(root: str | Path, fold: int = 0) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------ the unlabelled pool
-# Pool rows carry no label: `label` -1 and `label_set` "unlabelled" (no class list: classes_of() refuses it, so
-# no head can be built on them), `split` "train". They go to pool_dynamic.csv / pool_static.csv, which only
-# pretraining reads; the pool readers are not in READERS, so no labelled task (data.dynamic/static) can use them.
+# Pool rows carry no label: `label` -1, `label_set` and `label_name` "unlabelled" (no class list: classes_of()
+# refuses it, so no head can be built on them), `split` "train". They go to pool_dynamic.csv / pool_static.csv,
+# which only pretraining reads; the pool readers are not in READERS, so no labelled task (data.dynamic/static)
+# can use them.
 UNLABELLED = -1
 UNLABELLED_SET = "unlabelled"
 POOL_VIDEOS, POOL_IMAGES = "videos", "images"
@@ -584,8 +585,9 @@ POOL_VIDEOS, POOL_IMAGES = "videos", "images"
 
 def _pool_row(rel: str, modality: str, size: tuple[int, int, int], source: str) -> dict:
     num_frames, height, width = size
-    return dict(id=rel, path=rel, label=UNLABELLED, label_name="", label_set=UNLABELLED_SET, modality=modality,
-                split="train", fold=0, num_frames=num_frames, height=height, width=width, source=source, group="")
+    return dict(id=rel, path=rel, label=UNLABELLED, label_name=UNLABELLED_SET, label_set=UNLABELLED_SET,
+                modality=modality, split="train", fold=0, num_frames=num_frames, height=height, width=width,
+                source=source, group="")
 
 
 def _walk(folder: Path):
