@@ -107,9 +107,12 @@ def image_plan(cfg: SyntheticConfig) -> tuple:
 
 # ----------------------------------------------------------------------------------- unlabelled pool
 def pool_identity_ids(cfg: SyntheticConfig) -> range:
-    """Pool identities: round(pool_identity_ratio x all labelled identities), numbered after them."""
-    first = cfg.video_identities + image_identity_count(cfg)
-    return range(first, first + round(first * cfg.pool_identity_ratio))
+    """Pool identities: round(pool_identity_ratio x all labelled identities), numbered after the last of them
+    (taken from the labelled plans, so the pool stays disjoint however those are built)."""
+    videos, images = plans(cfg)
+    labelled = {s.identity for s in videos} | {s.identity for s in images}
+    first = max(labelled) + 1
+    return range(first, first + round(len(labelled) * cfg.pool_identity_ratio))
 
 
 @lru_cache(maxsize=8)
