@@ -71,6 +71,11 @@ def prepare_task(task: str, dataset: DatasetConfig, params: Params) -> tuple[pd.
     return conform(manifest), info
 
 
+def pool_manifests(prepared_dir: str | Path) -> list[Path]:
+    """The pool manifests the last prepare wrote (none when data.pool.reader is none)."""
+    return [Path(prepared_dir) / name for name in POOL_MANIFESTS.values() if (Path(prepared_dir) / name).is_file()]
+
+
 def split_pool(results: dict) -> dict:
     """The "pool" task's manifest -> "pool_dynamic" (videos) and "pool_static" (stills), each with its own
     counts; a modality the pool lacks is left out (the faces report goes with the videos)."""

@@ -183,15 +183,11 @@ def data_fingerprint(params: Params) -> str:
     folder). Sizes, not modification times: re-rendering the same embedded data (`make grid` runs
     `s4d generate`) must not invalidate the grid; other data (other pixels: other JPEG sizes) does."""
     from s4d.data.manifest import read_manifest
-
-    from s4d.data.prepare import POOL_MANIFESTS
+    from s4d.data.prepare import pool_manifests
 
     h = hashlib.sha256()
     prepared = Path(params.data.prepared_dir)
-    for name in ("dynamic.csv", "static.csv", *POOL_MANIFESTS.values()):  # the pool, when prepared
-        manifest = prepared / name
-        if name in POOL_MANIFESTS.values() and not manifest.is_file():
-            continue
+    for manifest in [prepared / "dynamic.csv", prepared / "static.csv", *pool_manifests(prepared)]:
         h.update(manifest.read_bytes())
         for path in map(Path, read_manifest(manifest)["path"]):
             try:

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from s4d.config import Params, to_dict
 from s4d.data.loaders import Augment, ClipDataset, ImageDataset
 from s4d.data.manifest import dataset_folders, read_manifest
-from s4d.data.prepare import POOL_MANIFESTS
+from s4d.data.prepare import POOL_MANIFESTS, pool_manifests
 from s4d.models import MaskedAutoencoder
 from s4d.models.checkpoint import save_checkpoint
 from s4d.stage import load_stage_params, stage_parser
@@ -198,7 +198,7 @@ def manifest_files(params: Params) -> list[Path]:
     unlabelled pool's (a modality the pool lacks has no file), or both. Only pretraining reads the pool."""
     prepared = Path(params.data.prepared_dir)
     labelled = [prepared / "dynamic.csv", prepared / "static.csv"]
-    pool = [prepared / name for name in POOL_MANIFESTS.values() if (prepared / name).is_file()]
+    pool = pool_manifests(prepared)
     if params.pretrain.data != "labelled" and not pool:
         raise ValueError(f"pretrain.data is {params.pretrain.data} but {prepared} holds no pool manifest "
                          f"({' / '.join(POOL_MANIFESTS.values())}): run the prepare stage with data.pool set")
