@@ -147,10 +147,16 @@ def test_a_users_folder_of_unlabelled_media(tmp_path):
     shutil.copy(MEDIA / "45-m7-di-ph.jpg", root / "images/web/a.jpg")
     shutil.copy(MEDIA / "multi_face.jpg", root / "images/b.jpg")
     (root / "images/.DS_Store").write_bytes(b"hidden files are skipped")
+    elsewhere = tmp_path / "elsewhere/clip_b"
+    shutil.copytree(clip, elsewhere)
+    (root / "videos/linked").symlink_to(elsewhere)  # a pool assembled from links is read through them
+    (root / "videos/day2/again").symlink_to(clip)  # each real folder once (the first in name order)
+    (root / "videos/day2/loop").symlink_to(root / "videos")  # and a link loop ends
     rows = read_pool("folder", root).set_index("id")
-    assert sorted(rows.index) == ["images/b.jpg", "images/web/a.jpg", "videos/day1/talk.mp4", "videos/day2/clip_a"]
+    assert sorted(rows.index) == ["images/b.jpg", "images/web/a.jpg", "videos/day1/talk.mp4", "videos/day2/again",
+                                  "videos/linked"]
     assert set(rows["label"]) == {-1} and set(rows["label_set"]) == set(rows["label_name"]) == {"unlabelled"}
-    assert rows.loc["videos/day2/clip_a", "num_frames"] == 3 and rows.loc["images/b.jpg", "modality"] == "image"
+    assert rows.loc["videos/linked", "num_frames"] == 3 and rows.loc["images/b.jpg", "modality"] == "image"
     talk = rows.loc["videos/day1/talk.mp4"]
     assert talk["modality"] == "video" and talk["num_frames"] > 10
     with pytest.raises(KeyError, match="unknown label set 'unlabelled'"):
@@ -179,11 +185,19 @@ def prepare(project: Path, *overrides: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+def prepare_here(*overrides: str) -> None:
+    """The prepare command's entry point in this process (the working directory is the project)."""
+    from s4d.data.prepare import main
+
+    assert main(list(overrides)) == 0
+
+
 def test_prepare_writes_pool_manifests_and_pretraining_reads_what_pretrain_data_says(synthetic, monkeypatch):
     from s4d.train.pretrain import manifest_files, train_manifests
 
     prepared = synthetic / "artifacts/prepared"
-    prepare(synthetic, *POOL_ON)
+    monkeypatch.chdir(synthetic)
+    prepare_here(*POOL_ON)
     videos, images = read_manifest(prepared / "pool_dynamic.csv"), read_manifest(prepared / "pool_static.csv")
     assert (len(videos), len(images)) == (30, 60)
     for rows in (videos, images):
@@ -196,7 +210,6 @@ def test_prepare_writes_pool_manifests_and_pretraining_reads_what_pretrain_data_
     labelled = read_manifest(prepared / "dynamic.csv")
     assert set(labelled["label"]) <= set(range(7))  # the labelled manifests are as before
 
-    monkeypatch.chdir(synthetic)
     train = {"labelled": (len(labelled[labelled["split"] == "train"]), None), "pool": (30, 60)}
     for data in ("labelled", "pool", "both"):
         params = load_params("params.yaml", [f"pretrain.data={data}", *POOL_ON])
@@ -211,11 +224,10 @@ def test_prepare_writes_pool_manifests_and_pretraining_reads_what_pretrain_data_
             assert len(v) == train["labelled"][0] and (i["label"] >= 0).all()
 
     # switched off, the pool manifests go (a stale pool must not be pretrained on) and pretrain.data=pool says why
-    prepare(synthetic, "data.pool.reader=none")
+    prepare_here("data.pool.reader=none")
     assert not (prepared / "pool_dynamic.csv").exists() and not (prepared / "pool_static.csv").exists()
     with pytest.raises(ValueError, match="holds no pool manifest"):
         manifest_files(load_params("params.yaml", ["pretrain.data=pool", *POOL_ON]))
-    prepare(synthetic, *POOL_ON)
 
 
 @pytest.mark.slow

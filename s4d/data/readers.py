@@ -591,8 +591,15 @@ def _pool_row(rel: str, modality: str, size: tuple[int, int, int], source: str) 
 
 
 def _walk(folder: Path):
-    """(folder, sorted visible files) for `folder` and every visible folder below it, in name order."""
-    for here, dirs, files in os.walk(folder):
+    """(folder, sorted visible files) for `folder` and every visible folder below it, in name order. Symlinked
+    folders are followed (a pool assembled from links), each real folder once (a link loop ends)."""
+    seen = set()
+    for here, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(here)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         yield Path(here), sorted(f for f in files if not f.startswith("."))
 
