@@ -1,8 +1,9 @@
 """Dataset readers: a dataset root (in its published layout) -> a manifest (see s4d.data.manifest).
 
 Every reader is `read_xxx(root, fold, **layout) -> DataFrame`; `READERS` maps the names used in
-params.yaml to them (`affectnet` is the 7-class, `affectnet8` the 8-class AffectNet). Keyword arguments name the layout (file patterns, frame folders) so a dataset that
-was unpacked differently, or the synthetic set, can reuse a reader.
+params.yaml to them (`affectnet` is the 7-class, `affectnet8` the 8-class AffectNet); `POOL_READERS` those of
+the unlabelled pretraining pool (data.pool.reader). Keyword arguments name the layout (file patterns, frame
+folders) so a dataset that was unpacked differently, or the synthetic set, can reuse a reader.
 
 A reader checks everything it touches and reports all problems at once: it collects them and raises one
 `DatasetError` listing the first `MAX_LISTED` with the total count. Problems are: a missing split file,
