@@ -222,8 +222,8 @@ def pretrain_inputs(params) -> dict:
     (not the process count: runs are reproducible for any world size) and the code that trains."""
     import s4d
     from s4d.config import to_dict
+    from s4d.train.pretrain import manifest_files  # the manifests pretrain.data selects (labelled, pool)
 
-    prepared = Path(params.data.prepared_dir)
     package = Path(s4d.__file__).parent
     code = hashlib.sha256()
     for path in sorted([*package.glob("models/*.py"), package / "train/pretrain.py",
@@ -231,7 +231,7 @@ def pretrain_inputs(params) -> dict:
         code.update(path.name.encode() + path.read_bytes())
     cfg = to_dict(params.pretrain)
     cfg.pop("nproc_per_node", None)
-    return {"manifests": {t: sha256_or_none(prepared / f"{t}.csv") for t in ("dynamic", "static")},
+    return {"manifests": {path.name: sha256_or_none(path) for path in manifest_files(params)},
             "model": to_dict(params.model), "pretrain": cfg, "frame_stride": params.data.frame_stride,
             "code": code.hexdigest()}
 

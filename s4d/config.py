@@ -111,6 +111,11 @@ class SyntheticConfig:
     image_size: int = between(96, 16, 1024)  # rendered square still image, pixels
     image_identity_ratio: float = between(10.0, 0.0, 1000.0)  # image identities per video identity
     images_per_identity: int = between(2, 1, 1000)  # stills per image identity
+    # unlabelled pretraining pool (<root>/pool): new people, clips and stills rendered like the labelled ones,
+    # no label written anywhere; only pretraining reads it (pretrain.data)
+    pool_identity_ratio: float = between(1.5, 0.0, 1000.0)  # pool identities per labelled identity (videos + images)
+    pool_clips_per_identity: int = between(1, 0, 1000)  # clips per pool identity
+    pool_images_per_identity: int = between(1, 0, 1000)  # stills per pool identity
     # identity-disjoint splits (same fractions for videos and images)
     val_fraction: float = between(0.1, 0.0, 0.9)  # identities in val (inside the train lists)
     test_fraction: float = between(0.2, 0.0, 0.9)  # identities in test
@@ -133,10 +138,20 @@ class DatasetConfig:
 
 
 @dataclass
+class PoolConfig:
+    """Unlabelled clips and stills that only pretraining reads (prepared into pool_dynamic.csv, pool_static.csv)."""
+    # synthetic_pool: the generator's <synthetic.root>/pool; folder: root/videos/ (video files or frame folders)
+    # and root/images/ (stills), any depth, no labels; none: no pool
+    reader: str = between("none", choices=("synthetic_pool", "folder", "none"))
+    root: str = "data/synthetic/pool"
+
+
+@dataclass
 class DataConfig:
     dynamic: DatasetConfig = field(default_factory=DatasetConfig)
     static: DatasetConfig = field(
         default_factory=lambda: DatasetConfig(reader="synthetic_image", root="data/synthetic/images"))
+    pool: PoolConfig = field(default_factory=PoolConfig)
     prepared_dir: str = "artifacts/prepared"
     face_size: int = between(112, 32, 1024)  # aligned face crops written for raw videos, pixels
     val_fraction: float = between(0.15, 0.0, 0.5)  # carved from train when the dataset has no val split
@@ -166,6 +181,9 @@ class PretrainConfig:
     image_step_share: float = between(0.5, 0.0, 1.0)  # share of steps that are image steps
     video_mask_ratio: float = between(0.9, 0.0, 0.99)  # share of video tokens hidden (paper: 0.95)
     image_mask_ratio: float = between(0.75, 0.0, 0.99)  # share of image tokens hidden (paper: 0.9)
+    # what the MAE sees: labelled (the train split of the labelled sets; their labels unused), pool (the
+    # unlabelled pool, as the paper pretrains on VoxCeleb2 + AffectNet), or both
+    data: str = between("labelled", choices=("labelled", "pool", "both"))
     tube_masking: bool = False  # hide the same patches in every frame (else random per token)
     # pixels+motion (MAE-DFER): per tubelet, the first frame's normalised pixels and the later frames'
     # differences to it; images keep the pixel target (a still has no motion).
@@ -289,6 +307,8 @@ def check_consistency(p: Params) -> None:
     if p.synthetic.val_fraction + p.synthetic.test_fraction >= 1:
         raise ConfigError(f"synthetic.val_fraction + synthetic.test_fraction: {p.synthetic.val_fraction} + "
                           f"{p.synthetic.test_fraction} leaves no identity for train (must be < 1)")
+    if p.pretrain.data != "labelled" and p.data.pool.reader == "none":
+        raise ConfigError(f"pretrain.data: {p.pretrain.data} needs a pool, but data.pool.reader is none")
     if p.profile not in p.models:
         raise ConfigError(f"profile: {p.profile!r} is not a key of models ({', '.join(p.models)})")
     for name, m in p.models.items():

@@ -3,7 +3,8 @@
 Columns (see `COLUMNS`):
     id          unique within the manifest (dataset-native: clip id, clip path, image name)
     path        relative to the dataset root: a frame folder, an image file or a video file
-    label       index into the label set; label_name is the set's name for that index
+    label       index into the label set; label_name is the set's name for that index (the unlabelled
+                pretraining pool: -1, label_set and label_name "unlabelled")
     label_set   a key of s4d.data.labels.LABEL_SETS, or an ad-hoc `folder:a,b,c` key
     modality    "video" | "image"
     split       "train" | "val" | "test"

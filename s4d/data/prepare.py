@@ -10,6 +10,8 @@ Writes <prepared_dir>/dynamic.csv, static.csv, summary.json (counts) and, for ra
 <prepared_dir>/.staging/ first and swapped in by renames only when both tasks succeeded: a failure at any
 point leaves the previous crops, manifests and summary as they were. The previous crops are hard-linked
 into the staging folder first, so clips already done (same file, same settings) are not cropped again.
+The unlabelled pretraining pool (`data.pool`) goes to pool_dynamic.csv and pool_static.csv (rows without
+labels; only pretraining reads them).
 """
 from __future__ import annotations
 
@@ -22,11 +24,12 @@ import pandas as pd
 
 from s4d.config import DatasetConfig, Params
 from s4d.data.manifest import conform, write_manifest
-from s4d.data.readers import VIDEO_SUFFIXES, carve_val, read_dataset
+from s4d.data.readers import VIDEO_SUFFIXES, carve_val, read_dataset, read_pool
 from s4d.io import write_json
 from s4d.stage import load_stage_params, stage_parser
 
 TASKS = ("dynamic", "static")
+POOL_MANIFESTS = {"video": "pool_dynamic.csv", "image": "pool_static.csv"}  # by modality
 
 
 def is_raw_video(path: str) -> bool:
@@ -53,10 +56,11 @@ def prepare_task(task: str, dataset: DatasetConfig, params: Params, staging: Pat
     """One task's manifest. Face crops of raw videos are written under `staging`/faces/<task> (default: the
     prepared folder itself), and the manifest points at where they will be after the swap."""
     root = Path(dataset.root)
-    manifest = read_dataset(dataset.reader, root, dataset.fold)
+    pool = task == "pool"  # unlabelled (data.pool): its own readers, no folds, no val carve
+    manifest = read_pool(dataset.reader, root) if pool else read_dataset(dataset.reader, root, dataset.fold)
     if manifest.empty:
         raise ValueError(f"data.{task}: reader {dataset.reader} found no samples under {root}")
-    info: dict = {"reader": dataset.reader, "root": str(root), "fold": dataset.fold}
+    info: dict = {"reader": dataset.reader, "root": str(root), "fold": 0 if pool else dataset.fold}
     raw = manifest["path"].map(is_raw_video)
     if raw.any():
         faces_dir = Path(params.data.prepared_dir) / "faces" / task
@@ -71,10 +75,31 @@ def prepare_task(task: str, dataset: DatasetConfig, params: Params, staging: Pat
         manifest = pd.concat([done, cropped], ignore_index=True)
     else:
         manifest = manifest.assign(path=[str(root / p) for p in manifest["path"]])
-    manifest = carve_val(manifest, params.data.val_fraction, params.data.seed)
+    if not pool:  # pretraining reads all of the pool
+        manifest = carve_val(manifest, params.data.val_fraction, params.data.seed)
     info["counts"] = {split: {str(k): int(v) for k, v in rows["label_name"].value_counts().sort_index().items()}
                       for split, rows in manifest.groupby("split")}
     return conform(manifest), info
+
+
+def pool_manifests(prepared_dir: str | Path) -> list[Path]:
+    """The pool manifests the last prepare wrote (none when data.pool.reader is none)."""
+    return [Path(prepared_dir) / name for name in POOL_MANIFESTS.values() if (Path(prepared_dir) / name).is_file()]
+
+
+def split_pool(results: dict) -> dict:
+    """The "pool" task's manifest -> "pool_dynamic" (videos) and "pool_static" (stills), each with its own
+    counts; a modality the pool lacks is left out (the faces report goes with the videos)."""
+    if "pool" not in results:
+        return results
+    out = {task: result for task, result in results.items() if task != "pool"}
+    manifest, info = results["pool"]
+    for modality, name in POOL_MANIFESTS.items():
+        rows = manifest[manifest["modality"] == modality]
+        if len(rows):
+            keep = {k: v for k, v in info.items() if modality == "video" or k not in ("faces", "faces_report")}
+            out[Path(name).stem] = conform(rows), {**keep, "counts": {"train": {"unlabelled": len(rows)}}}
+    return out
 
 
 def prepare(params: Params) -> dict:
@@ -82,11 +107,14 @@ def prepare(params: Params) -> dict:
     succeeded: a failure leaves every file of the previous prepare as it was."""
     out = Path(params.data.prepared_dir)
     existed = out.is_dir()
+    tasks = {task: getattr(params.data, task) for task in TASKS}
+    if params.data.pool.reader != "none":
+        tasks["pool"] = params.data.pool
     staging = out / ".staging"
     if staging.is_dir() and not staging.is_symlink():
         shutil.rmtree(staging)  # a killed prepare's leftovers (the name is ours)
     try:
-        results = {task: prepare_task(task, getattr(params.data, task), params, staging) for task in TASKS}
+        results = split_pool({task: prepare_task(task, dataset, params, staging) for task, dataset in tasks.items()})
         summary = {}
         written = []
         for task, (manifest, info) in results.items():
@@ -101,6 +129,9 @@ def prepare(params: Params) -> dict:
             os.replace(staging / "faces", out / "faces")
         for path in written:
             os.replace(path, out / path.name)
+        for name in POOL_MANIFESTS.values():  # a pool manifest this run did not write is stale
+            if name not in {path.name for path in written}:
+                (out / name).unlink(missing_ok=True)
     finally:
         if staging.is_dir() and not staging.is_symlink():
             shutil.rmtree(staging)

@@ -1,8 +1,9 @@
 """Dataset readers: a dataset root (in its published layout) -> a manifest (see s4d.data.manifest).
 
 Every reader is `read_xxx(root, fold, **layout) -> DataFrame`; `READERS` maps the names used in
-params.yaml to them (`affectnet` is the 7-class, `affectnet8` the 8-class AffectNet). Keyword arguments name the layout (file patterns, frame folders) so a dataset that
-was unpacked differently, or the synthetic set, can reuse a reader.
+params.yaml to them (`affectnet` is the 7-class, `affectnet8` the 8-class AffectNet); `POOL_READERS` those of
+the unlabelled pretraining pool (data.pool.reader). Keyword arguments name the layout (file patterns, frame
+folders) so a dataset that was unpacked differently, or the synthetic set, can reuse a reader.
 
 A reader checks everything it touches and reports all problems at once: it collects them and raises one
 `DatasetError` listing the first `MAX_LISTED` with the total count. Problems are: a missing split file,
@@ -571,6 +572,105 @@ def read_synthetic_image(root: str | Path, fold: int = 0) -> pd.DataFrame:
                      problems)
     problems.raise_if_any()
     return make_manifest(rows)
+
+
+# ------------------------------------------------------------------------------ the unlabelled pool
+# Pool rows carry no label: `label` -1, `label_set` and `label_name` "unlabelled" (no class list: classes_of()
+# refuses it, so no head can be built on them), `split` "train". They go to pool_dynamic.csv / pool_static.csv,
+# which only pretraining reads; the pool readers are not in READERS, so no labelled task (data.dynamic/static)
+# can use them.
+UNLABELLED = -1
+UNLABELLED_SET = "unlabelled"
+POOL_VIDEOS, POOL_IMAGES = "videos", "images"
+
+
+def _pool_row(rel: str, modality: str, size: tuple[int, int, int], source: str) -> dict:
+    num_frames, height, width = size
+    return dict(id=rel, path=rel, label=UNLABELLED, label_name=UNLABELLED_SET, label_set=UNLABELLED_SET,
+                modality=modality, split="train", fold=0, num_frames=num_frames, height=height, width=width,
+                source=source, group="")
+
+
+def _walk(folder: Path):
+    """(folder, sorted visible files) for `folder` and every visible folder below it, in name order. Symlinked
+    folders are followed (a pool assembled from links), each real folder once (a link loop ends)."""
+    seen = set()
+    for here, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(here)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        yield Path(here), sorted(f for f in files if not f.startswith("."))
+
+
+def read_pool_folder(root: str | Path, fold: int = 0, source: str = "folder") -> pd.DataFrame:
+    """Unlabelled media for pretraining: `root/videos/` holds video files and frame folders (a folder with
+    image files is one clip), `root/images/` holds stills, at any depth. Either may be absent, not both."""
+    root = Path(root)
+    problems = Problems("pool folder", root)
+    parts = [root / POOL_VIDEOS, root / POOL_IMAGES]
+    if not any(p.is_dir() for p in parts):
+        problems.add(f"neither {parts[0]} nor {parts[1]} is a folder (expected unlabelled videos / frame folders "
+                     f"in {POOL_VIDEOS}/, stills in {POOL_IMAGES}/)")
+        problems.raise_if_any()
+    rows = []
+    for folder, files in _walk(parts[0]) if parts[0].is_dir() else ():
+        rel = folder.relative_to(root).as_posix()
+        if any(f.lower().endswith(IMAGE_SUFFIXES) for f in files):
+            size = _frame_folder(root, rel, f"clip {rel}", problems)
+            if size:
+                rows.append(_pool_row(rel, "video", size, source))
+        for name in files:
+            what = f"{rel}/{name}"
+            if name.lower().endswith(VIDEO_SUFFIXES):
+                size = _video_file(folder / name, what, problems)
+                if size:
+                    rows.append(_pool_row(what, "video", size, source))
+            elif not name.lower().endswith(IMAGE_SUFFIXES):
+                problems.add(f"{what}: unsupported file type (videos: {'/'.join(VIDEO_SUFFIXES)}, or frame folders)")
+    for folder, files in _walk(parts[1]) if parts[1].is_dir() else ():
+        for name in files:
+            what = f"{folder.relative_to(root).as_posix()}/{name}"
+            if not name.lower().endswith(IMAGE_SUFFIXES):
+                problems.add(f"{what}: unsupported file type (stills: {'/'.join(IMAGE_SUFFIXES)})")
+                continue
+            hw = _image_size(folder / name, what, problems)
+            if hw:
+                rows.append(_pool_row(what, "image", (1, *hw), source))
+    if not rows:
+        problems.add(f"no clips or stills under {parts[0]} or {parts[1]} (data.pool.reader: none for no pool)")
+    problems.raise_if_any()
+    return make_manifest(rows)
+
+
+def read_synthetic_pool(root: str | Path, fold: int = 0) -> pd.DataFrame:
+    """The generator's pool (`data/synthetic/pool`): the folder layout plus `identities.csv` (`name,identity`)
+    for `group`. Every sample it lists must be there."""
+    root = Path(root)
+    rows = read_pool_folder(root, source="synthetic_pool")
+    problems = Problems("synthetic_pool", root)
+    table = {rec["name"]: rec["identity"].strip()
+             for _, rec in _read_table(root / "identities.csv", ("name", "identity"), problems)}
+    missing = sorted(set(table) - set(rows["id"]))
+    problems.items += [f"{name}: listed in {root / 'identities.csv'} but not on disk" for name in missing]
+    problems.items += [f"{name}: no row in {root / 'identities.csv'}" for name in rows["id"] if name not in table]
+    problems.raise_if_any()
+    return rows.assign(group=rows["id"].map(table))
+
+
+POOL_READERS: dict[str, Callable[..., pd.DataFrame]] = {
+    "folder": read_pool_folder,
+    "synthetic_pool": read_synthetic_pool,
+}
+
+
+def read_pool(reader: str, root: str | Path) -> pd.DataFrame:
+    """The unlabelled pool (`data.pool.reader`: a key of POOL_READERS) as a manifest of unlabelled rows."""
+    if reader not in POOL_READERS:
+        raise KeyError(f"unknown pool reader {reader!r}; known: {', '.join(POOL_READERS)} (or none)")
+    return POOL_READERS[reader](Path(root))
 
 
 # ---------------------------------------------------------------------------------------- registry

@@ -184,10 +184,11 @@ def data_fingerprint(params: Params) -> str:
     folder). Sizes, not modification times: re-rendering the same embedded data (`make grid` runs
     `s4d generate`) must not invalidate the grid; other data (other pixels: other JPEG sizes) does."""
     from s4d.data.manifest import read_manifest
+    from s4d.data.prepare import pool_manifests
 
     h = hashlib.sha256()
-    for task in ("dynamic", "static"):
-        manifest = Path(params.data.prepared_dir) / f"{task}.csv"
+    prepared = Path(params.data.prepared_dir)
+    for manifest in [prepared / "dynamic.csv", prepared / "static.csv", *pool_manifests(prepared)]:
         h.update(manifest.read_bytes())
         for path in map(Path, read_manifest(manifest)["path"]):
             try:

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader
@@ -34,6 +35,7 @@ from s4d.config import Params, to_dict
 from s4d.data.loaders import Augment, ClipDataset, ImageDataset
 from s4d.data.manifest import dataset_folders, read_manifest
 from s4d.io import atomic_output, save_figure, write_json, write_text
+from s4d.data.prepare import POOL_MANIFESTS, pool_manifests
 from s4d.models import MaskedAutoencoder
 from s4d.models.checkpoint import save_checkpoint
 from s4d.stage import load_stage_params, stage_parser
@@ -90,8 +92,7 @@ def resume_settings(params: Params, model: torch.nn.Module, world_size: int) -> 
     (re-rendered or re-extracted data with the same paths must not resume an old run)."""
     layout = json.dumps([[name, list(t.shape)] for name, t in model.state_dict().items()])
     digest = hashlib.sha256()
-    for task in ("dynamic", "static"):
-        manifest = Path(params.data.prepared_dir) / f"{task}.csv"
+    for manifest in manifest_files(params):
         digest.update(manifest.read_bytes())
         for path in read_manifest(manifest)["path"]:
             stat = os.stat(path)
@@ -188,12 +189,24 @@ def restore_training_state(engine, ckpt_dir: Path, dist: Dist, settings: dict, f
 
 
 # ----------------------------------------------------------------------------------------------- run
-def train_manifests(params: Params) -> tuple:
-    """Training rows of the prepared manifests (never val or test: they stay unseen until fine-tuning)."""
+def manifest_files(params: Params) -> list[Path]:
+    """The prepared manifests the MAE reads (`pretrain.data`): the labelled sets' (their labels unused), the
+    unlabelled pool's (a modality the pool lacks has no file), or both. Only pretraining reads the pool."""
     prepared = Path(params.data.prepared_dir)
-    videos = read_manifest(prepared / "dynamic.csv")
-    images = read_manifest(prepared / "static.csv")
-    return videos[videos["split"] == "train"], images[images["split"] == "train"]
+    labelled = [prepared / "dynamic.csv", prepared / "static.csv"]
+    pool = pool_manifests(prepared)
+    if params.pretrain.data != "labelled" and not pool:
+        raise ValueError(f"pretrain.data is {params.pretrain.data} but {prepared} holds no pool manifest "
+                         f"({' / '.join(POOL_MANIFESTS.values())}): run the prepare stage with data.pool set")
+    return {"labelled": labelled, "pool": pool, "both": labelled + pool}[params.pretrain.data]
+
+
+def train_manifests(params: Params) -> tuple:
+    """(videos, images): training rows of the manifests the MAE reads (never val or test: they stay unseen
+    until fine-tuning)."""
+    rows = pd.concat([read_manifest(path) for path in manifest_files(params)], ignore_index=True)
+    rows = rows[rows["split"] == "train"]
+    return rows[rows["modality"] == "video"], rows[rows["modality"] == "image"]
 
 
 def pretrain(params: Params, out_dir: Path = Path("artifacts/pretrain"), fresh: bool = False) -> dict:
@@ -240,7 +253,7 @@ def pretrain(params: Params, out_dir: Path = Path("artifacts/pretrain"), fresh: 
             print(f"resuming from step {step} of {total_steps}")
 
     size, frames, stride = model_cfg.img_size, model_cfg.num_frames, params.data.frame_stride
-    folders = dataset_folders(params.data)
+    folders = (*dataset_folders(params.data), params.data.pool.root)
     datasets = {"video": ClipDataset(videos, ".", size, frames, stride, PRETRAIN_AUGMENT, seed=cfg.seed,
                                      allowed=folders) if video_steps else None,
                 "image": ImageDataset(images, ".", size, PRETRAIN_AUGMENT, seed=cfg.seed, allowed=folders)

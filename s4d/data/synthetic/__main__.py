@@ -36,7 +36,8 @@ def load_config(params: Path, overrides: list[str] | None = None) -> SyntheticCo
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m s4d.data.synthetic",
-        description="Render the procedural facial-expression dataset (DFEW-style videos, RAF-DB-style images).")
+        description="Render the procedural facial-expression dataset (DFEW-style videos, RAF-DB-style images) and "
+                    "its unlabelled pretraining pool (<root>/pool: clips and stills of new identities, no labels).")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"),
                         help="YAML file whose `synthetic:` section overrides the defaults (default: params.yaml; "
                              "the defaults are used if it does not exist)")
@@ -60,7 +61,8 @@ def main(argv: list | None = None) -> int:
     videos, images = meta["videos"], meta["images"]
     print(f"{meta['config']['root']}: {videos['total']} clips x {videos['frames_per_clip']} frames "
           f"(split {json.dumps(videos['per_split'])}), {images['total']} images "
-          f"(split {json.dumps(images['per_split'])})")
+          f"(split {json.dumps(images['per_split'])}); unlabelled pool: {meta['pool']['clips']} clips, "
+          f"{meta['pool']['images']} images of {meta['pool']['identities']} new identities")
     return 0
 
 

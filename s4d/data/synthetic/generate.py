@@ -7,11 +7,15 @@
     <root>/images/Image/aligned/train_00001_aligned.jpg ...       (val images are named train_* too)
     <root>/images/EmoLabel/list_patition_label.txt                "train_00001.jpg 5" (RAF-DB labels 1..7)
     <root>/images/identities.csv                                  image_name,identity,split
+    <root>/pool/videos/00001/00001.jpg ...                        unlabelled pool clips (pretraining only)
+    <root>/pool/images/00001.jpg ...                              unlabelled pool stills
+    <root>/pool/identities.csv                                    name,identity (name: path under pool/)
     <root>/meta.json                                              config, version, counts (written last)
 
 Everything is built in `<root>.tmp-<pid>` and renamed into place at the end, so a half-written dataset never
 looks complete. Each sample is seeded from (seed, kind, index): the same config gives byte-identical files
-whatever the number of workers.
+whatever the number of workers. The pool's expressions are never written: its names are shuffled, its only
+list holds identities, and meta.json counts it without classes.
 """
 from __future__ import annotations
 
@@ -28,12 +32,12 @@ from tqdm import tqdm
 
 from s4d.config import SyntheticConfig
 from s4d.data.synthetic.face import EMOTIONS, RAFDB_LABEL
-from s4d.data.synthetic.plan import SPLITS, image_plan, video_plan
+from s4d.data.synthetic.plan import SPLITS, image_plan, pool_identity_ids, pool_plans, video_plan
 from s4d.data.synthetic.sample import clip_jpegs, image_jpeg
 from s4d.io import write_bytes, write_json
 
 GENERATOR = "s4d.data.synthetic"
-VERSION = "1.2"  # bump whenever the same config would render different bytes
+VERSION = "1.3"  # bump whenever the same config would render different bytes
 TRAIN_LIST = Path("videos/EmoLabel_DataSplit/train(single-labeled)/set_1.csv")
 TEST_LIST = Path("videos/EmoLabel_DataSplit/test(single-labeled)/set_1.csv")
 IMAGE_LABELS = Path("images/EmoLabel/list_patition_label.txt")
@@ -50,6 +54,15 @@ def clip_dir(root: Path, name: str) -> Path:
 
 def image_path(root: Path, name: str) -> Path:
     return root / "images" / "Image" / "aligned" / f"{name}_aligned.jpg"
+
+
+POOL_CLIPS, POOL_IMAGES = "videos", "images"  # under <root>/pool, the layout of the `folder` pool reader
+
+
+def pool_names(cfg: SyntheticConfig) -> tuple:
+    """Paths under <root>/pool of (pool clips, pool stills), in plan order."""
+    clips, images = pool_plans(cfg)
+    return [f"{POOL_CLIPS}/{s.name}" for s in clips], [f"{POOL_IMAGES}/{s.name}.jpg" for s in images]
 
 
 # ------------------------------------------------------------------------------------------------ meta
@@ -79,6 +92,9 @@ def build_meta(cfg: SyntheticConfig) -> dict:
         },
         "videos": {"frames_per_clip": cfg.num_frames, "frame_size": cfg.frame_size, **counts(video_plan(cfg))},
         "images": {"image_size": cfg.image_size, **counts(image_plan(cfg))},
+        # counts only: a pool sample's expression appears nowhere on disk
+        "pool": {"identities": len(pool_identity_ids(cfg)), "first_identity": pool_identity_ids(cfg).start,
+                 "clips": len(pool_plans(cfg)[0]), "images": len(pool_plans(cfg)[1])},
     }
 
 
@@ -107,8 +123,11 @@ def write_lists(out: Path, cfg: SyntheticConfig) -> None:
     images = image_plan(cfg)
     labels = [f"{s.name}.jpg {RAFDB_LABEL[s.emotion]}" for s in images]
     image_who = ["image_name,identity,split"] + [f"{s.name}.jpg,{s.identity},{s.split}" for s in images]
+    pool = ["name,identity"] + [f"{name},{s.identity}" for names, plan in zip(pool_names(cfg), pool_plans(cfg))
+                                for name, s in zip(names, plan)]
     for rel, lines in ((TRAIN_LIST, train), (TEST_LIST, test), (Path("videos/identities.csv"), who),
-                       (IMAGE_LABELS, labels), (Path("images/identities.csv"), image_who)):
+                       (IMAGE_LABELS, labels), (Path("images/identities.csv"), image_who),
+                       (Path("pool/identities.csv"), pool)):
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         write_bytes(out / rel, ("\n".join(lines) + "\n").encode())
 
@@ -125,13 +144,16 @@ def _init_worker(cfg: SyntheticConfig, out: str | None) -> None:
 def _write_sample(task: tuple) -> int:
     kind, index = task
     cfg, out = _worker_state["cfg"], _worker_state["out"]
-    if kind == "clip":
-        folder = clip_dir(out, video_plan(cfg)[index].name)
+    if kind in ("clip", "pool_clip"):
+        folder = clip_dir(out, video_plan(cfg)[index].name) if kind == "clip" else \
+            out / "pool" / POOL_CLIPS / pool_plans(cfg)[0][index].name
         folder.mkdir(parents=True, exist_ok=True)
-        for k, data in enumerate(clip_jpegs(cfg, index)):
+        for k, data in enumerate(clip_jpegs(cfg, index, kind)):
             write_bytes(folder / f"{k + 1:05d}.jpg", data)
         return cfg.num_frames
-    write_bytes(image_path(out, image_plan(cfg)[index].name), image_jpeg(cfg, index))
+    path = image_path(out, image_plan(cfg)[index].name) if kind == "image" else \
+        out / "pool" / POOL_IMAGES / f"{pool_plans(cfg)[1][index].name}.jpg"
+    write_bytes(path, image_jpeg(cfg, index, kind))
     return 1
 
 
@@ -201,8 +223,11 @@ def generate(cfg: SyntheticConfig, root: Path | None = None, workers: int | None
     shutil.rmtree(build, ignore_errors=True)
     build.mkdir(parents=True)
     write_lists(build, cfg)
-    (build / "images" / "Image" / "aligned").mkdir(parents=True, exist_ok=True)
+    for folder in ("images/Image/aligned", f"pool/{POOL_CLIPS}", f"pool/{POOL_IMAGES}"):
+        (build / folder).mkdir(parents=True, exist_ok=True)
+    pool_clips, pool_images = pool_plans(cfg)
     tasks = [("clip", i) for i in range(len(video_plan(cfg)))] + [("image", i) for i in range(len(image_plan(cfg)))]
+    tasks += [("pool_clip", i) for i in range(len(pool_clips))] + [("pool_image", i) for i in range(len(pool_images))]
     map_samples(_write_sample, tasks, cfg, workers, out=build, progress=progress)
     write_json(build / "meta.json", meta)
 

@@ -1,7 +1,9 @@
 """Which samples the dataset holds: identities, identity-disjoint splits, labels and file names.
 
 The plan depends only on the config (never on rendering), so every worker rebuilds the same plan and
-sample `index` always means the same clip/image. Video identities are 0..V-1, image identities V..V+I-1.
+sample `index` always means the same clip/image. Video identities are 0..V-1, image identities V..V+I-1,
+identities of the unlabelled pretraining pool V+I..V+I+P-1: the pool shares no person with any labelled split.
+A pool sample's expression is drawn like a labelled one's (it decides the rendered face) and is never written.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from s4d.data.synthetic.face import CLASS_WEIGHTS, EMOTIONS
 
 SPLITS = ("train", "val", "test")
 # Independent random streams: rng([seed, stream, index]).
-STREAM = {"plan": 0, "identity": 1, "clip": 2, "image": 3}
+STREAM = {"plan": 0, "identity": 1, "clip": 2, "image": 3, "pool_plan": 4, "pool_clip": 5, "pool_image": 6}
 
 
 def stream_rng(seed: int, stream: str, index: int = 0) -> np.random.Generator:
@@ -24,9 +26,9 @@ def stream_rng(seed: int, stream: str, index: int = 0) -> np.random.Generator:
 
 @dataclass(frozen=True)
 class Sample:
-    name: str  # clip: "00001" (its folder); image: "train_00001" (RAF-DB name without "_aligned")
+    name: str  # clip: "00001" (its folder); image: "train_00001" (RAF-DB name without "_aligned"); pool: "00001"
     identity: int
-    split: str  # train / val / test
+    split: str  # train / val / test; "pool" for the unlabelled pool
     emotion: str  # one of face.EMOTIONS
 
 
@@ -101,3 +103,39 @@ def video_plan(cfg: SyntheticConfig) -> tuple:
 
 def image_plan(cfg: SyntheticConfig) -> tuple:
     return plans(cfg)[1]
+
+
+# ----------------------------------------------------------------------------------- unlabelled pool
+def pool_identity_ids(cfg: SyntheticConfig) -> range:
+    """Pool identities: round(pool_identity_ratio x all labelled identities), numbered after the last of them
+    (taken from the labelled plans, so the pool stays disjoint however those are built)."""
+    videos, images = plans(cfg)
+    labelled = {s.identity for s in videos} | {s.identity for s in images}
+    first = max(labelled) + 1
+    return range(first, first + round(len(labelled) * cfg.pool_identity_ratio))
+
+
+@lru_cache(maxsize=8)
+def _pool_plans(seed, identities, clips_per_identity, images_per_identity):
+    rng = stream_rng(seed, "pool_plan")
+    out = []
+    for per_identity in (clips_per_identity, images_per_identity):
+        slots = [i for i in identities for _ in range(per_identity)]
+        members = list(zip(slots, class_quota(len(slots), rng)))
+        order = rng.permutation(len(members))  # names follow neither identity nor expression
+        out.append(tuple(Sample(f"{k + 1:05d}", members[j][0], "pool", members[j][1]) for k, j in enumerate(order)))
+    return tuple(out)
+
+
+def pool_plans(cfg: SyntheticConfig) -> tuple:
+    """(pool clips, pool stills), each named 00001... in a shuffled order."""
+    return _pool_plans(cfg.seed, pool_identity_ids(cfg), cfg.pool_clips_per_identity, cfg.pool_images_per_identity)
+
+
+KINDS = {"clip": video_plan, "image": image_plan, "pool_clip": lambda cfg: pool_plans(cfg)[0],
+         "pool_image": lambda cfg: pool_plans(cfg)[1]}
+
+
+def sample_at(cfg: SyntheticConfig, kind: str, index: int) -> Sample:
+    """Sample `index` of a kind (clip, image, pool_clip, pool_image); the kind is also its random stream."""
+    return KINDS[kind](cfg)[index]

@@ -14,7 +14,7 @@ from s4d.data.synthetic.camera import Camera, decode_jpeg, develop, encode_jpeg,
 from s4d.config import SyntheticConfig
 from s4d.data.synthetic.dynamics import Timeline, clip_timeline, still_face
 from s4d.data.synthetic.face import Identity, sample_identity
-from s4d.data.synthetic.plan import Sample, image_plan, stream_rng, video_plan
+from s4d.data.synthetic.plan import Sample, image_plan, sample_at, stream_rng, video_plan
 from s4d.data.synthetic.render import draw_face
 from s4d.data.synthetic.scene import Occluder, background, draw_occluder, sample_occluder
 
@@ -36,10 +36,10 @@ class ClipScene:
     rng: np.random.Generator  # what is left of the sample's stream (per-frame sensor noise)
 
 
-def clip_scene(cfg: SyntheticConfig, index: int) -> ClipScene:
-    sample = video_plan(cfg)[index]
+def clip_scene(cfg: SyntheticConfig, index: int, kind: str = "clip") -> ClipScene:
+    sample = sample_at(cfg, kind, index)  # kind "pool_clip": the unlabelled pool
     idt = identity_of(cfg.seed, sample.identity, cfg.glasses_rate)
-    rng = stream_rng(cfg.seed, "clip", index)
+    rng = stream_rng(cfg.seed, kind, index)
     coverage = "full"
     draw = rng.uniform()
     if sample.emotion != "neutral" and draw < cfg.partial_clip_rate:
@@ -55,9 +55,9 @@ def clip_scene(cfg: SyntheticConfig, index: int) -> ClipScene:
     return ClipScene(sample, idt, timeline, coverage, occluder, camera, rng)
 
 
-def clip_jpegs(cfg: SyntheticConfig, index: int) -> list:
+def clip_jpegs(cfg: SyntheticConfig, index: int, kind: str = "clip") -> list:
     """The clip's frames as JPEG bytes, in frame order."""
-    scene = clip_scene(cfg, index)
+    scene = clip_scene(cfg, index, kind)
     canvas_size = cfg.frame_size * cfg.supersample
     backdrop = background(scene.rng, canvas_size)
     frames = []
@@ -71,10 +71,10 @@ def clip_jpegs(cfg: SyntheticConfig, index: int) -> list:
     return frames
 
 
-def image_jpeg(cfg: SyntheticConfig, index: int) -> bytes:
-    sample = image_plan(cfg)[index]
+def image_jpeg(cfg: SyntheticConfig, index: int, kind: str = "image") -> bytes:
+    sample = sample_at(cfg, kind, index)  # kind "pool_image": the unlabelled pool
     idt = identity_of(cfg.seed, sample.identity, cfg.glasses_rate)
-    rng = stream_rng(cfg.seed, "image", index)
+    rng = stream_rng(cfg.seed, kind, index)
     aus, pose = still_face(sample.emotion, idt, rng, cfg.max_yaw_deg, cfg.min_intensity, cfg.lookalike_blend)
     canvas = background(rng, cfg.image_size * cfg.supersample)
     draw_face(canvas, idt, aus, pose, cfg.face_scale)
