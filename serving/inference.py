@@ -233,9 +233,9 @@ class Predictor:
     def _detect(self, frames):
         return self._with_detector(lambda: self.image_detector.detect(frames), len(frames))
 
-    def _track(self, frames):
-        return self._with_detector(
-            lambda: track_faces(frames, self.detector, detect_every=self.settings.detect_every), len(frames))
+    def _track(self, frames, positions=None):
+        return self._with_detector(lambda: track_faces(frames, self.detector, detect_every=self.settings.detect_every,
+                                                       positions=positions), len(frames))
 
     def _answer(self, probs: np.ndarray, names: list[str]) -> dict:
         top = int(np.argmax(probs))
@@ -272,7 +272,7 @@ class Predictor:
         indices = sorted(video.frames)
         row = {index: n for n, index in enumerate(indices)}
         frames = [video.frames[i] for i in indices]
-        track = self._track(frames)
+        track = self._track(frames, positions=indices)  # boxes are interpolated in time, not in list order
         t2 = time.perf_counter()
         if track.num_present == 0:
             raise ServingError("no_face", f"{name}: no face found in the {track.detector_frames} frames checked "

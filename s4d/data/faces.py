@@ -143,7 +143,7 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def track_faces(frames: Sequence[np.ndarray] | np.ndarray, detector: FaceDetector, detect_every: int = 5,
-                min_iou: float = 0.3) -> FaceTrack:
+                min_iou: float = 0.3, positions: Sequence[float] | None = None) -> FaceTrack:
     """Follow the main face of a clip while running the detector on about 1 frame in `detect_every`.
 
     1. Detect on frames 0, k, 2k, ... and the last frame.
@@ -154,7 +154,9 @@ def track_faces(frames: Sequence[np.ndarray] | np.ndarray, detector: FaceDetecto
        coming back elsewhere (after a cut) and join it.
     3. Where the face appears, vanishes or jumps (a cut) between two sampled frames, detect every frame
        in between, so presence there comes from a detection on that very frame.
-    4. Between two detected frames that both hold the face, interpolate box and landmarks linearly.
+    4. Between two detected frames that both hold the face, interpolate box and landmarks linearly in
+       `positions` (each frame's index or time in the video; default 0, 1, 2, ...): frames sampled
+       unevenly, such as the clips of a timeline, are placed where they are in time.
     """
     if detect_every < 1:
         raise ValueError(f"detect_every must be >= 1, got {detect_every}")
@@ -163,6 +165,9 @@ def track_faces(frames: Sequence[np.ndarray] | np.ndarray, detector: FaceDetecto
                       np.zeros(count, np.float32), np.zeros(count, bool), np.zeros(count, bool))
     if count == 0:
         return track
+    where = np.arange(count, dtype=np.float64) if positions is None else np.asarray(positions, np.float64)
+    if where.shape != (count,) or (count > 1 and not (np.diff(where) > 0).all()):
+        raise ValueError(f"positions must be {count} increasing numbers, one per frame")
     sampled = sorted(set(range(0, count, detect_every)) | {count - 1})
     found = dict(zip(sampled, detector.detect([frames[i] for i in sampled])))
 
@@ -195,7 +200,7 @@ def track_faces(frames: Sequence[np.ndarray] | np.ndarray, detector: FaceDetecto
     known = np.flatnonzero(track.detected)
     for a, b in zip(known, known[1:]):
         if b - a > 1 and track.present[a] and track.present[b]:
-            t = ((np.arange(a + 1, b) - a) / (b - a)).astype(np.float32)
+            t = ((where[a + 1:b] - where[a]) / (where[b] - where[a])).astype(np.float32)
             track.boxes[a + 1:b] = track.boxes[a] + t[:, None] * (track.boxes[b] - track.boxes[a])
             track.landmarks[a + 1:b] = (track.landmarks[a]
                                         + t[:, None, None] * (track.landmarks[b] - track.landmarks[a]))
