@@ -1,6 +1,6 @@
 """Serving benchmark: a real `bentoml serve` of make repro's model (else an untrained tiny one) answering real HTTP.
 
-    python -m benchmarks.bench_serving [--checkpoint FILE] [--rounds 7] [--requests 15] [--soak 20] [--quick]
+    python -m benchmarks.bench_serving [--checkpoint FILE] [--rounds 5] [--requests 15] [--soak 20] [--quick]
 
 1. The video path in this process (no HTTP), on the benchmark method of benchmarks/common.py: the current
    settings vs the previous ones (face detector on every 4th timeline frame), interleaved, order reversed
@@ -355,7 +355,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", help="a fine-tuned checkpoint (default: make repro's artifacts/finetune/"
                                          "model.pt when it exists, else an untrained tiny model)")
-    ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds of each A/B comparison")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of each A/B comparison")
     ap.add_argument("--requests", type=int, default=15, help="sequential 10 s video requests over HTTP")
     ap.add_argument("--per-client", type=int, default=2, help="one-clip requests per client per batching round")
     ap.add_argument("--soak", type=float, default=10.0, help="soak duration (s); 0 skips it (60: the issue's soak)")
@@ -364,7 +364,15 @@ def main(argv=None) -> dict:
     if args.quick:
         args.rounds, args.requests, args.soak = 3, 6, min(args.soak, 10.0)
 
-    began = time.perf_counter()
+    began = last = time.perf_counter()
+    phases: dict[str, float] = {}  # wall seconds per part of this run, to see where a run's time goes
+
+    def mark(name: str) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        phases[name] = round(now - last, 1)
+        last = now
+
     work = Path(tempfile.mkdtemp(prefix="s4d-bench-serving-"))
     home = work / "bentoml"
     if args.checkpoint is None and TRAINED.is_file():
@@ -379,6 +387,7 @@ def main(argv=None) -> dict:
 
     cv2.imwrite(str(files["image"]), synthetic_face_image(size=256)[:, :, ::-1])
     load_before = os.getloadavg()
+    mark("setup")
     figures: dict = {"model": tag, "checkpoint": str(args.checkpoint or "untrained tiny profile"),
                      "video": video_source, "clients": CLIENTS}
 
@@ -396,10 +405,12 @@ def main(argv=None) -> dict:
           f"{ab['segments_same_label']}, probabilities moved <= {ab['max_probability_change']}, boxes IoU "
           f"{ab['box_iou_now_vs_previous']}", flush=True)
 
+    mark("video_path_ab")
     print("[serving] model alone, 8 clips one per call vs 8 per call (the ceiling of any batching gain)", flush=True)
     figures["model_batch_ceiling"] = model_batch_ceiling(checkpoint, rounds=args.rounds)
     print(f"  {figures['model_batch_ceiling']}", flush=True)
 
+    mark("model_batch_ceiling")
     baseline = ServiceProcess("serving.service:S4DService", home, work / "serve_batch1.log",
                               env={"S4D_BATCH_MAX_SIZE": "1"}, ready_timeout=300)
     with ServiceProcess("serving.service:S4DService", home, work / "serve.log", ready_timeout=300) as service, \
@@ -414,6 +425,7 @@ def main(argv=None) -> dict:
         # the compact form (base64 of the raw uint8 crops): a nested JSON list would make JSON parsing, not
         # the model, the bottleneck; see serving/README.md
         clip_body = json.dumps({"clips": encode_compact(clip)}).encode()
+        mark("servers_start")
 
         print(f"[serving] 10 s video over HTTP ({args.requests} sequential requests, {video_source})", flush=True)
         v = figures["video_latency"] = video_latency(url, video, args.requests, pid)
@@ -421,10 +433,13 @@ def main(argv=None) -> dict:
         print(f"  p50 {v['p50_s']:.3f} s [IQR {v['q1_s']:.3f}-{v['q3_s']:.3f}]  p95 {v['p95_s']:.3f} s  "
               f"split {v['server_split_ms_median']}  worker CPU {v['worker_cpu_s_per_request']} s/request  "
               f"load {v['load_average']}", flush=True)
+        mark("video_http")
         print("[serving] real clips of ../shared/media", flush=True)
         figures["real_clips"] = real_clip_latency(url, max(3, args.requests // 3), pid)
+        mark("real_clips")
         print("[serving] bombs and header lies", flush=True)
         figures["bombs"] = bombs(url, work)
+        mark("bombs")
 
         print(f"[serving] batching: {CLIENTS} clients x {args.per_client} one-clip requests per round, "
               f"{args.rounds} interleaved rounds", flush=True)
@@ -434,6 +449,7 @@ def main(argv=None) -> dict:
         print(f"  adaptive batching {t['batched_clips_per_s']} vs batch size 1 {t['unbatched_clips_per_s']} clips/s: "
               f"{t['speedup']}x [IQR {t['speedup_iqr']['q1']}-{t['speedup_iqr']['q3']}]  errors {t['errors']}  "
               f"batches {t['adaptive_batches']}  load {t['load_average']}", flush=True)
+        mark("batching")
 
         if args.soak > 0:
             print(f"[serving] soak: {CLIENTS} clients x {args.soak:.0f} s, mixed requests", flush=True)
@@ -445,19 +461,22 @@ def main(argv=None) -> dict:
             s = figures["soak"]
             print(f"  {s['requests']} requests, {s['errors']} errors, p50 {s['latency_p50_s']} s, "
                   f"p95 {s['latency_p95_s']} s, worker alive: {s['same_worker_alive']}", flush=True)
+            mark("soak")
     figures["load_average"] = {"before": [round(x, 2) for x in load_before],
                                "after": [round(x, 2) for x in os.getloadavg()]}
     v, t = figures["video_latency"], figures["clip_throughput"]
     figures["targets"] = {
         "video_p50_le_1s": target_met({"q1": v["q1_s"], "q3": v["q3_s"]}, "<=", 1.0),
         "batching_ge_1_5x": target_met(t["speedup_iqr"], ">=", 1.5)}
+    mark("servers_stop")
     figures["bench_seconds"] = round(time.perf_counter() - began, 1)
+    figures["phase_seconds"] = phases
     path = save("serving", figures)
     print(f"[serving] 10 s 640x360 video over HTTP: p50 {v['p50_s']:.3f} s (IQR {v['q1_s']:.3f}-{v['q3_s']:.3f}) "
           f"against the 1.0 s target: {'MET' if figures['targets']['video_p50_le_1s'] else 'NOT MET'}  "
           f"(worker CPU {v['worker_cpu_s_per_request']} s/request, load {v['load_average']})")
     print(f"[serving] targets {figures['targets']}  load {figures['load_average']}  "
-          f"{figures['bench_seconds']} s  -> {path}")
+          f"{figures['bench_seconds']} s {phases}  -> {path}")
     return figures
 
 
