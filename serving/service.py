@@ -27,7 +27,7 @@ from starlette.responses import FileResponse, JSONResponse, RedirectResponse  # 
 
 from serving.http import COUNTERS, RequestGuard, quiet_framework_logs  # noqa: E402
 from serving.inference import Predictor, plain  # noqa: E402
-from serving.inputs import ServingError, as_pixels, count_clips, decode_compact  # noqa: E402
+from serving.inputs import ServingError, as_pixels, count_clips, decode_compact, refuse_booleans  # noqa: E402
 from serving.settings import ServingSettings  # noqa: E402
 from s4d.registry import MODEL_FILE, model_tag  # noqa: E402
 
@@ -47,6 +47,7 @@ def _cap_clips(value):
     """Before any array is built: at most S4D_MAX_CLIPS clips per request, so one client's huge batch
     cannot hold the model (and every other client's clips queued behind it)."""
     count_clips(value, SETTINGS.max_clips)
+    refuse_booleans(value)
     return decode_compact(value)
 
 

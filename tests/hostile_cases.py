@@ -301,9 +301,14 @@ def cases(canary: Path) -> list[Case]:
         add(Case(f"clips-compact-shape-{label}", C, _json(_compact(shape)), 400, "bad_clips"))
     one = zero[None]
     for label, value in {"300": 300, "-1": -1, "float_big": 255.6, "1e400": "1e400", "string": '"a"',
-                         "null": "null", "object": '{"a": 1}', "nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}.items():
+                         "null": "null", "object": '{"a": 1}', "nan": "NaN", "inf": "Infinity", "-inf": "-Infinity",
+                         "true": "true", "false": "false"}.items():
         text = json.dumps({"clips": one.tolist()}).replace("0", "X", 1).replace("X", str(value), 1)
-        add(Case(f"clips-value-{label}", C, _json(text.encode()), 400, "bad_clips"))
+        words = "true/false" if label in ("true", "false") else ""
+        add(Case(f"clips-value-{label}", C, _json(text.encode()), 400, "bad_clips", words=words))
+    last_true = one.tolist()
+    last_true[-1][-1][-1][-1][-1] = True
+    encode_one = _compact((1, *CLIP_SHAPE))["clips"]["data"]
     for label, payload in {"ragged": {"clips": [[[0]], [[0, 0]]]}, "wrong_key": {"clip": one.tolist()},
                            "no_key": {}, "list_top": [one.tolist()], "string": "clips", "number": 5, "null": None,
                            "dtype_f32": _compact((1, *CLIP_SHAPE), dtype="float32"),
@@ -313,10 +318,17 @@ def cases(canary: Path) -> list[Case]:
                            "negative_shape": {"clips": {"shape": [-1, *CLIP_SHAPE], "data": ""}},
                            "shape_strings": {"clips": {"shape": ["a"], "data": ""}},
                            "huge_shape": {"clips": {"shape": [1, 10**6, 10**6, 10**6, 3], "data": "AAAA"}},
+                           # JSON true/false are not pixels or sizes (numpy would read them as 1/0)
+                           "all_booleans": {"clips": (one > 0).tolist()},
+                           "boolean_last": {"clips": last_true},
+                           "shape_boolean": {"clips": {"shape": [True, *CLIP_SHAPE], "data": encode_one}},
+                           "shape_float": {"clips": {"shape": [1.0, *CLIP_SHAPE], "data": encode_one}},
                            "deep_nesting": None}.items():
         body = json.dumps(payload).encode() if label != "deep_nesting" else \
             b'{"clips": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
-        add(Case(f"clips-malformed-{label}", C, _json(body), 400, "bad_clips"))
+        words = {"all_booleans": "true/false", "boolean_last": "true/false", "shape_boolean": "integers",
+                 "shape_float": "integers"}.get(label, "")
+        add(Case(f"clips-malformed-{label}", C, _json(body), 400, "bad_clips", words=words))
     for label, body in {"truncated": b'{"clips": [[[', "not_json": b"hello", "empty": b"", "binary": bytes(range(256)) * 4,
                         "utf16": '{"clips": 1}'.encode("utf-16")}.items():
         add(Case(f"clips-body-{label}", C, _json(body), 400, "bad_clips"))

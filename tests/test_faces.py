@@ -193,6 +193,20 @@ def test_track_follows_the_face_after_a_cut():
     assert np.allclose(track.boxes[:, 0], [(20 if t < 30 else 200) + t for t in range(60)])
 
 
+def test_track_interpolates_in_time_for_unevenly_sampled_frames():
+    # a timeline's clips: 3 frames 2 apart, then a gap of 20 frames, and again; the face moves 2 px a frame
+    positions = [0, 2, 4, 24, 26, 28, 48, 50, 52]
+    frames = indexed_frames(len(positions))
+    faces = {row: [(10 + 2 * t, 20, 200, 0.99)] for row, t in enumerate(positions)}
+    track = track_faces(frames, StubDetector(faces), detect_every=3, positions=positions)
+    assert track.detected.tolist() == [True, False, False, True, False, False, True, False, True]
+    assert np.allclose(track.boxes[:, 0], [10 + 2 * t for t in positions])  # the true box at every frame
+    in_list_order = track_faces(frames, StubDetector(faces), detect_every=3)  # rows taken as evenly spaced
+    assert abs(in_list_order.boxes[2, 0] - (10 + 2 * 4)) > 20
+    with pytest.raises(ValueError, match="increasing"):
+        track_faces(frames, StubDetector(faces), positions=positions[::-1])
+
+
 def test_track_of_an_empty_or_faceless_clip():
     assert track_faces(indexed_frames(0), StubDetector({})).num_present == 0
     track = track_faces(indexed_frames(30), StubDetector({}), detect_every=5)

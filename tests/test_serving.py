@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import requests
 
-from serving.inference import Predictor, ThreadTuner
+from serving.inference import Predictor, ThreadTuner, video_detector
 from serving.inputs import ServingError, as_pixels, decode_compact, decode_for_timeline, encode_compact
 from serving.planning import plan_segments
 from serving.settings import ServingSettings
@@ -749,6 +749,26 @@ def test_overload_is_a_503_with_retry_after():
     assert body["code"] == "overloaded" and "S4D_MAX_PENDING" in body["error"]
     assert [m[0]["status"] for m in first] == [200, 200] and health[0]["status"] == 200
     assert counters.snapshot() == {"ok": 3, "client_error": 0, "server_error": 0, "overloaded": 1, "pending": 0}
+
+
+@real_media
+@pytest.mark.parametrize("name", ["single_face.mp4", "face_noface.mov"])
+def test_video_tracking_matches_dense_detection(name):
+    """The video path's sparse detection (every S4D_DETECT_EVERY-th timeline frame, 320 px, coarse
+    pyramid, interpolated in time) against an independent reference: MTCNN with its own settings on
+    every timeline frame at full resolution. Same frames with a face; boxes close to the reference's."""
+    from s4d.data.faces import FaceDetector, box_iou, track_faces
+
+    settings = ServingSettings()
+    video = decode_for_timeline(MEDIA / name, 8, 2, settings, name)
+    rows = sorted(video.frames)
+    frames = [video.frames[i] for i in rows]
+    reference = FaceDetector("mtcnn", max_side=960, min_face_size=40).detect(frames)
+    track = track_faces(frames, video_detector(settings), settings.detect_every, positions=rows)
+    assert track.detector_frames < len(frames)  # sparse: the reference saw every frame
+    assert track.present.tolist() == [len(r) > 0 for r in reference]
+    ious = [max(box_iou(track.boxes[k], b) for b in r.boxes) for k, r in enumerate(reference) if len(r)]
+    assert np.median(ious) >= 0.85 and min(ious) >= 0.7, (np.median(ious), min(ious))
 
 
 @real_media

@@ -38,11 +38,14 @@ class FaceDetector:
 
     Frames are RGB uint8. Frames whose long side exceeds `max_side` are downscaled for detection
     (detection cost grows with pixels; faces in DFER clips are large) and the results scaled back.
-    `min_face_size` is in pixels of that detector input. Weights ship inside both wheels.
+    `min_face_size` is in pixels of that detector input. `pyramid_factor` (MTCNN only) is the ratio
+    between the image scales searched: 0.709 (MTCNN's own) looks at more scales, a smaller one at fewer.
+    Weights ship inside both wheels.
     """
 
     def __init__(self, backend: str = "mtcnn", device: str = "cpu", min_face_size: int = 40,
-                 min_score: float | None = None, max_side: int = 640, batch_size: int = 16):
+                 min_score: float | None = None, max_side: int = 640, batch_size: int = 16,
+                 pyramid_factor: float = 0.709):
         if backend not in BACKENDS:
             raise ValueError(f"unknown face detector backend {backend!r}; expected one of {BACKENDS}")
         self.backend = backend
@@ -53,7 +56,7 @@ class FaceDetector:
         if backend == "mtcnn":
             from facenet_pytorch import MTCNN
 
-            self._mtcnn = MTCNN(keep_all=True, min_face_size=min_face_size, device=device)
+            self._mtcnn = MTCNN(keep_all=True, min_face_size=min_face_size, factor=pyramid_factor, device=device)
         else:
             import yuface  # noqa: F401  (fail here, not on the first frame)
 
@@ -137,7 +140,7 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def track_faces(frames: Sequence[np.ndarray] | np.ndarray, detector: FaceDetector, detect_every: int = 5,
-                min_iou: float = 0.3) -> FaceTrack:
+                min_iou: float = 0.3, positions: Sequence[float] | None = None) -> FaceTrack:
     """Follow the main face of a clip while running the detector on about 1 frame in `detect_every`.
 
     1. Detect on frames 0, k, 2k, ... and the last frame.
@@ -148,7 +151,9 @@ def track_faces(frames: Sequence[np.ndarray] | np.ndarray, detector: FaceDetecto
        coming back elsewhere (after a cut) and join it.
     3. Where the face appears, vanishes or jumps (a cut) between two sampled frames, detect every frame
        in between, so presence there comes from a detection on that very frame.
-    4. Between two detected frames that both hold the face, interpolate box and landmarks linearly.
+    4. Between two detected frames that both hold the face, interpolate box and landmarks linearly in
+       `positions` (each frame's index or time in the video; default 0, 1, 2, ...): frames sampled
+       unevenly, such as the clips of a timeline, are placed where they are in time.
     """
     if detect_every < 1:
         raise ValueError(f"detect_every must be >= 1, got {detect_every}")
@@ -157,6 +162,9 @@ def track_faces(frames: Sequence[np.ndarray] | np.ndarray, detector: FaceDetecto
                       np.zeros(count, np.float32), np.zeros(count, bool), np.zeros(count, bool))
     if count == 0:
         return track
+    where = np.arange(count, dtype=np.float64) if positions is None else np.asarray(positions, np.float64)
+    if where.shape != (count,) or (count > 1 and not (np.diff(where) > 0).all()):
+        raise ValueError(f"positions must be {count} increasing numbers, one per frame")
     sampled = sorted(set(range(0, count, detect_every)) | {count - 1})
     found = dict(zip(sampled, detector.detect([frames[i] for i in sampled])))
 
@@ -189,7 +197,7 @@ def track_faces(frames: Sequence[np.ndarray] | np.ndarray, detector: FaceDetecto
     known = np.flatnonzero(track.detected)
     for a, b in zip(known, known[1:]):
         if b - a > 1 and track.present[a] and track.present[b]:
-            t = ((np.arange(a + 1, b) - a) / (b - a)).astype(np.float32)
+            t = ((where[a + 1:b] - where[a]) / (where[b] - where[a])).astype(np.float32)
             track.boxes[a + 1:b] = track.boxes[a] + t[:, None] * (track.boxes[b] - track.boxes[a])
             track.landmarks[a + 1:b] = (track.landmarks[a]
                                         + t[:, None, None] * (track.landmarks[b] - track.landmarks[a]))
