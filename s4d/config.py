@@ -111,6 +111,9 @@ class SyntheticConfig:
     image_size: int = between(96, 16, 1024)  # rendered square still image, pixels
     image_identity_ratio: float = between(10.0, 0.0, 1000.0)  # image identities per video identity
     images_per_identity: int = between(2, 1, 1000)  # stills per image identity
+    # the static source vs the video source, as web stills vs movie clips (docs/synthetic.md, Conditions)
+    domain_gap: float = between(1.0, 0.0, 1.0)  # scales the stills' shifts in light, sharpness, pose, framing; 0 = none
+    static_label_noise: float = between(0.1, 0.0, 1.0)  # share of stills whose face shows another class than the label
     # unlabelled pretraining pool (<root>/pool): new people, clips and stills rendered like the labelled ones,
     # no label written anywhere; only pretraining reads it (pretrain.data)
     pool_identity_ratio: float = between(1.5, 0.0, 1000.0)  # pool identities per labelled identity (videos + images)
@@ -119,6 +122,9 @@ class SyntheticConfig:
     # identity-disjoint splits (same fractions for videos and images)
     val_fraction: float = between(0.1, 0.0, 0.9)  # identities in val (inside the train lists)
     test_fraction: float = between(0.2, 0.0, 0.9)  # identities in test
+    # > 0: people in the test split, added to the identities above (which then hold train and val only)
+    test_identities: int = between(0, 0, 100000)  # video test identities; 0 = test_fraction of video_identities
+    image_test_identities: int = between(0, 0, 1000000)  # image test identities; 0 = test_fraction of them
     # nuisances
     supersample: int = between(2, 1, 8)  # draw at this multiple of the output size, then INTER_AREA down (anti-aliasing)
     occlusion_rate: float = between(0.02, 0.0, 1.0)  # share of samples with a hand/object in front of the face

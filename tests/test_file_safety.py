@@ -373,7 +373,8 @@ def test_generator_takes_overrides_like_every_stage(tmp_path, monkeypatch, capsy
     monkeypatch.chdir(tmp_path)
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     small = ["synthetic.video_identities=5", "synthetic.clips_per_identity=1", "synthetic.num_frames=4",
-             "synthetic.image_identity_ratio=1", "synthetic.images_per_identity=1", "synthetic.seed=3"]
+             "synthetic.image_identity_ratio=1", "synthetic.images_per_identity=1", "synthetic.seed=3",
+             "synthetic.test_identities=0", "synthetic.image_test_identities=0"]
     assert main(["--root", "syn", "--workers", "1", "--no-progress", *small]) == 0
     config = json.loads((tmp_path / "syn/meta.json").read_text())["config"]
     assert (config["seed"], config["video_identities"], config["num_frames"]) == (3, 5, 4)

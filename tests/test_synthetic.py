@@ -16,7 +16,8 @@ from s4d.config import SyntheticConfig
 from s4d.data.synthetic.face import AU, EMOTIONS, RAFDB_LABEL, UPPER_FACE
 from s4d.data.synthetic.generate import VERSION, generate
 from s4d.data.synthetic.plan import image_plan, video_plan
-from s4d.data.synthetic.sample import clip_scene, render_clip, render_image
+from s4d.data.synthetic.sample import (CONFUSED_WITH, clip_jpegs, clip_scene, render_clip, render_image,
+                                     shown_expression, still_scene)
 
 TINY = SyntheticConfig(video_identities=5, clips_per_identity=2, num_frames=4, frame_size=48, image_size=40,
                        image_identity_ratio=2.0, images_per_identity=2)
@@ -120,6 +121,24 @@ def test_splits_are_identity_disjoint_and_roughly_balanced():
     assert max(share, key=share.get) == "happy" and min(share, key=share.get) == "disgust"
 
 
+def test_test_identities_add_a_test_split_of_that_size():
+    base = SyntheticConfig(video_identities=20, clips_per_identity=3, image_identity_ratio=2.0)
+    cfg = SyntheticConfig(**{**base.__dict__, "test_identities": 7, "image_test_identities": 9})
+    for plan, test_people, others in ((video_plan(cfg), 7, 20), (image_plan(cfg), 9, 40)):
+        people = {split: {s.identity for s in plan if s.split == split} for split in ("train", "val", "test")}
+        assert len(people["test"]) == test_people and len(people["train"] | people["val"]) == others
+        assert people["val"] and len(people["val"]) == 2 * others // 20  # val_fraction 0.1 of the others
+        assert not people["test"] & (people["train"] | people["val"])
+        per_class = Counter(s.emotion for s in plan if s.split == "test")
+        assert set(per_class) == set(EMOTIONS)  # exact class quotas in the bigger test split too
+    assert len([s for s in video_plan(cfg) if s.split == "test"]) == 21
+    videos = {s.identity for s in video_plan(cfg)}
+    assert videos == set(range(27)) and videos.isdisjoint({s.identity for s in image_plan(cfg)})
+    # 0 keeps test_fraction: the plan of the default is unchanged
+    assert [s for s in video_plan(base) if s.split == "test"] and \
+        len({s.identity for s in video_plan(base) if s.split == "test"}) == 4
+
+
 def test_rendered_samples_equal_the_files(tiny):
     frames, sample = render_clip(TINY, 2)
     assert frames.shape == (TINY.num_frames, TINY.frame_size, TINY.frame_size, 3) and frames.dtype == np.uint8
@@ -216,3 +235,53 @@ def test_the_project_readers_parse_it(tiny):
         row = images.loc[sample.name]
         assert (row.label, row.split, int(row.group)) == (RAFDB_LABEL[sample.emotion] - 1, sample.split,
                                                           sample.identity)
+
+
+def _grey_and_cast(images: list) -> tuple:
+    """Mean grey level and mean red-minus-blue of RGB uint8 images, from the pixels."""
+    pixels = np.stack(images).astype(np.float64)
+    return pixels.mean(), (pixels[..., 0] - pixels[..., 2]).mean()
+
+
+def test_domain_gap_moves_the_stills_away_from_the_clips_and_only_the_stills():
+    # Stills vs clips at gap 0 and 1 (no label noise): brightness and colour cast measured on the pixels,
+    # head yaw and face scale from the drawn poses. docs/synthetic.md (Conditions) states the shifts.
+    small = dict(video_identities=20, clips_per_identity=2, num_frames=4, frame_size=64, image_size=64,
+                 image_identity_ratio=3.0, images_per_identity=2, static_label_noise=0.0)
+    stats = {}
+    for gap in (0.0, 1.0):
+        cfg = SyntheticConfig(**small, domain_gap=gap)
+        clips = [clip_scene(cfg, i) for i in range(len(video_plan(cfg)))]
+        stills = [still_scene(cfg, i) for i in range(len(image_plan(cfg)))]
+        clip_grey, clip_cast = _grey_and_cast([f for i in range(len(clips)) for f in render_clip(cfg, i)[0]])
+        still_grey, still_cast = _grey_and_cast([render_image(cfg, i)[0] for i in range(len(stills))])
+        clip_yaw = np.mean([abs(p.yaw) for c in clips for p in c.timeline.poses])
+        clip_scale = np.mean([p.scale for c in clips for p in c.timeline.poses])
+        stats[gap] = dict(
+            brightness=still_grey / clip_grey, cast=still_cast - clip_cast,
+            yaw=np.mean([abs(s.pose.yaw) for s in stills]) / clip_yaw,
+            scale=np.mean([s.pose.scale for s in stills]) / clip_scale,
+            clip_bytes=b"".join(clip_jpegs(cfg, 0)))
+    print({g: {k: round(v, 3) for k, v in s.items() if k != "clip_bytes"} for g, s in stats.items()})
+    same, gap = stats[0.0], stats[1.0]
+    assert gap["clip_bytes"] == same["clip_bytes"]  # the videos stay the movie source
+    assert abs(same["brightness"] - 1) < 0.05 and gap["brightness"] > 1.15
+    assert abs(same["cast"]) < 4 and gap["cast"] > 8
+    assert 0.75 < same["yaw"] < 1.35 and gap["yaw"] < 0.5 * same["yaw"] + 0.1
+    assert abs(same["scale"] - 1) < 0.02 and abs(gap["scale"] - 1.15) < 0.03
+
+
+def test_static_label_noise_rate_and_what_the_noisy_faces_show():
+    cfg = SyntheticConfig(video_identities=100, image_identity_ratio=10.0, images_per_identity=2,
+                          static_label_noise=0.1)
+    plan = image_plan(cfg)
+    shown = [shown_expression(cfg, i, s.emotion) for i, s in enumerate(plan)]
+    noisy = [(s.emotion, e) for s, e in zip(plan, shown) if e != s.emotion]
+    rate = len(noisy) / len(plan)
+    confused = sum(e == CONFUSED_WITH[label] for label, e in noisy) / len(noisy)
+    print(f"{len(plan)} stills: noise rate {rate:.3f}, confused-class share {confused:.3f}")
+    # 2,000 stills: the binomial sd of the rate is 0.0067; of the share (~200 noisy) ~0.03.
+    assert abs(rate - 0.1) < 0.02 and 0.6 < confused < 0.85  # 2/3 + 1/3 x 1/6 = 0.72 expected
+    assert all(e in EMOTIONS for _, e in noisy)
+    clean = SyntheticConfig(**{**cfg.__dict__, "static_label_noise": 0.0})
+    assert all(shown_expression(clean, i, s.emotion) == s.emotion for i, s in enumerate(plan))

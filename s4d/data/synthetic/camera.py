@@ -17,22 +17,25 @@ class Camera:
 
 
 def sample_camera(rng: np.random.Generator, size: int, max_blur_sigma: float, noise_std: float,
-                  jpeg_quality_min: int) -> Camera:
-    ambient = rng.uniform(0.6, 1.05)
-    strength = rng.uniform(0.0, 0.4)  # how one-sided the light is
+                  jpeg_quality_min: int, web_still: float = 0.0) -> Camera:
+    """`web_still` (0..1, synthetic.domain_gap for stills) moves the draws from a movie camera towards a web
+    still's: brighter frontal light, a warm cast, sharper, less noise, harder re-compression. The random
+    draws are the same at any value, so 0 gives the video camera exactly."""
+    ambient = rng.uniform(0.6, 1.05) + 0.25 * web_still
+    strength = rng.uniform(0.0, 0.4) * (1 - 0.6 * web_still)  # how one-sided the light is
     angle = rng.uniform(0, 2 * np.pi)
     ys, xs = (np.mgrid[0:size, 0:size] + 0.5) / size - 0.5
     side = np.cos(angle) * xs + np.sin(angle) * ys  # -0.7 .. 0.7 across the frame
     gain = ambient * (1 + strength * 1.4 * side)
-    tint = 1 + rng.normal(0, 0.05, 3)  # warm / cool light
+    tint = 1 + rng.normal(0, 0.05, 3) + web_still * np.array([0.06, 0.0, -0.06])  # warm / cool light
     light = (gain[..., None] * tint).astype(np.float32)
     dark = ambient < 0.7  # low light: more noise
     return Camera(
         light=light,
-        blur_sigma=float(rng.uniform(0, max_blur_sigma)),
-        motion_blur=int(rng.integers(3, 6)) if rng.uniform() < 0.1 else 0,
-        noise_std=float(rng.uniform(0.2, 1.0) * noise_std * (1.5 if dark else 1.0)),
-        jpeg_quality=int(rng.integers(jpeg_quality_min, 96)),
+        blur_sigma=float(rng.uniform(0, max_blur_sigma) * (1 - 0.75 * web_still)),
+        motion_blur=int(rng.integers(3, 6)) if rng.uniform() < 0.1 * (1 - web_still) else 0,
+        noise_std=float(rng.uniform(0.2, 1.0) * noise_std * (1.5 if dark else 1.0) * (1 - 0.5 * web_still)),
+        jpeg_quality=int(rng.integers(max(min(20, jpeg_quality_min), jpeg_quality_min - round(40 * web_still)), 96)),
     )
 
 

@@ -56,10 +56,14 @@ def class_quota(n: int, rng: np.random.Generator) -> list:
     return [labels[i] for i in rng.permutation(n)]
 
 
-def _assign(identities: np.ndarray, per_identity: int, fractions: tuple, rng) -> dict:
-    """split -> list of (identity, emotion), labels balanced within each split."""
+def _assign(identities: np.ndarray, per_identity: int, fractions: tuple, rng, test: int = 0) -> dict:
+    """split -> list of (identity, emotion), labels balanced within each split; test > 0: that many of the
+    identities form the test split, the others train and val."""
     order = rng.permutation(identities)
-    sizes = split_sizes(len(identities), *fractions)
+    if test:
+        sizes = {**split_sizes(len(identities) - test, fractions[0], 0.0), "test": test}
+    else:
+        sizes = split_sizes(len(identities), *fractions)
     out, start = {}, 0
     for split in SPLITS:
         ids = np.sort(order[start:start + sizes[split]])
@@ -74,15 +78,17 @@ def image_identity_count(cfg: SyntheticConfig) -> int:
 
 
 @lru_cache(maxsize=8)
-def _plans(seed, video_identities, clips_per_identity, image_identities, images_per_identity, fractions):
+def _plans(seed, video_identities, clips_per_identity, image_identities, images_per_identity, fractions,
+           tests=(0, 0)):
     rng = stream_rng(seed, "plan")
-    videos = _assign(np.arange(video_identities), clips_per_identity, fractions, rng)
+    video_identities += tests[0]
+    videos = _assign(np.arange(video_identities), clips_per_identity, fractions, rng, tests[0])
     clips = [(ident, split, emo) for split in SPLITS for ident, emo in videos[split]]
     clip_order = rng.permutation(len(clips))  # clip ids interleave splits and people, as in DFEW
     video_plan = tuple(Sample(f"{k + 1:05d}", *clips[j]) for k, j in enumerate(clip_order))
 
-    image_ids = np.arange(video_identities, video_identities + image_identities)
-    images = _assign(image_ids, images_per_identity, fractions, rng)
+    image_ids = np.arange(video_identities, video_identities + image_identities + tests[1])
+    images = _assign(image_ids, images_per_identity, fractions, rng, tests[1])
     image_plan = []
     for prefix, splits in (("train", ("train", "val")), ("test", ("test",))):
         members = [(ident, split, emo) for split in splits for ident, emo in images[split]]
@@ -94,7 +100,8 @@ def _plans(seed, video_identities, clips_per_identity, image_identities, images_
 def plans(cfg: SyntheticConfig) -> tuple:
     """(video samples, image samples); a clip's index is its id - 1; images list train_* then test_*."""
     return _plans(cfg.seed, cfg.video_identities, cfg.clips_per_identity, image_identity_count(cfg),
-                  cfg.images_per_identity, (cfg.val_fraction, cfg.test_fraction))
+                  cfg.images_per_identity, (cfg.val_fraction, cfg.test_fraction),
+                  (cfg.test_identities, cfg.image_test_identities))
 
 
 def video_plan(cfg: SyntheticConfig) -> tuple:
