@@ -29,6 +29,7 @@ import torch
 from s4d.data.faces import FaceDetector, align_face, track_faces
 from s4d.data.loaders import normalise, spatial_crops
 from s4d.models.checkpoint import build_model, read_checkpoint
+from s4d.precision import configure as configure_attention
 from s4d.precision import use_bf16 as measured_bf16
 from s4d.registry import label_names
 from serving.inputs import ServingError, decode_for_timeline, read_upload_image
@@ -160,6 +161,7 @@ class Predictor:
         self.device = pick_device(self.settings.device)
         self.bf16 = use_bf16(self.settings.bf16, self.device)
         self.model = model.eval().to(self.device)
+        configure_attention(self.model, model.cfg, self.bf16, train=False, device=self.device)  # measured kernel
         self.labels = labels
         self.face_size, self.margin, self.frame_stride = face_size, margin, frame_stride
         self.img_size, self.num_frames = model.cfg.img_size, model.cfg.num_frames
