@@ -81,11 +81,6 @@ def motion_targets(clip: torch.Tensor, tubelet: int, patch: int, norm: str = "no
     return split_motion(normalised_targets(clip, tubelet, patch, norm, std_floor), tubelet)
 
 
-def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error of predictions against targets (in fp32 under autocast)."""
-    return (pred.float() - target).pow(2).mean()
-
-
 def visible_count(num_tokens: int, mask_ratio: float) -> int:
     return max(1, int(round(num_tokens * (1.0 - mask_ratio))))
 
@@ -212,15 +207,29 @@ class MaskedAutoencoder(nn.Module):
         # Targets of the masked tokens only (the loss reads nothing else).
         patches = patchify(clip, cfg.tubelet_size, cfg.patch_size)
         patches = patches.gather(1, masked_ids[:, :, None, None].expand(-1, -1, *patches.shape[2:]))
-        target = patch_targets(patches, self.target_norm, self.std_floor)
-        if self.target == "pixels+motion" and x.ndim == 5:
-            target = split_motion(target, cfg.tubelet_size)
-            split = target.shape[-1] // cfg.tubelet_size  # the first frame's share of a token: appearance
-            loss = ((1 - self.motion_weight) * mse(pred[..., :split], target[..., :split])
-                    + self.motion_weight * mse(pred[..., split:], target[..., split:]))
-        else:
-            loss = mse(pred, target)
+        target = self.token_targets(patches, video=x.ndim == 5)
+        loss = self.score((pred.float() - target).pow(2), video=x.ndim == 5)
         return MAEOutput(loss, pred, target, mask)
+
+    def token_targets(self, patches: torch.Tensor, video: bool) -> torch.Tensor:
+        """(B, M, tubelet*p*p, C) patches -> (B, M, P) targets: the configured norm, and MAE-DFER's appearance +
+        motion split for videos when the target is pixels+motion."""
+        target = patch_targets(patches, self.target_norm, self.std_floor)
+        return split_motion(target, self.cfg.tubelet_size) if video and self.target == "pixels+motion" else target
+
+    def targets(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, P) targets of every token of images or videos (for baselines; training scores masked ones)."""
+        clip = self.encoder.checked_clip(x)
+        return self.token_targets(patchify(clip, self.cfg.tubelet_size, self.cfg.patch_size), video=x.ndim == 5)
+
+    def score(self, squared_error: torch.Tensor, video: bool) -> torch.Tensor:
+        """The loss from per-value squared errors (..., P): their mean; for videos with the motion target,
+        (1 - motion_weight) * the appearance values' mean + motion_weight * the motion values' mean."""
+        if video and self.target == "pixels+motion":
+            split = squared_error.shape[-1] // self.cfg.tubelet_size  # the first frame's share: appearance
+            return ((1 - self.motion_weight) * squared_error[..., :split].mean()
+                    + self.motion_weight * squared_error[..., split:].mean())
+        return squared_error.mean()
 
     def mixed_loss(self, videos: torch.Tensor | None, images: torch.Tensor | None, video_mask_ratio: float,
                    image_mask_ratio: float, tube: bool = False, video_noise: torch.Tensor | None = None,
