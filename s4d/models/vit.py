@@ -173,7 +173,10 @@ class VideoViT(nn.Module):
         tubelets = clip.reshape(b, c, t, tub, h, p, w, p).permute(0, 2, 4, 6, 1, 3, 5, 7)
         tubelets = tubelets.reshape(b, t * h * w, c, tub, p, p)  # token order t, h, w as in embed
         picked = tubelets.gather(1, ids[:, :, None, None, None, None].expand(-1, -1, c, tub, p, p))
-        tokens = self.patch_embed(picked.flatten(0, 1)).view(b, ids.shape[1], -1)
+        # The picked tubelets side by side as one clip, one tubelet tall and n wide: the stem runs as one
+        # ordinary call per sample (on many tiny clips it cost as much as on the whole clip).
+        row = picked.permute(0, 2, 3, 4, 1, 5).reshape(b, c, tub, p, ids.shape[1] * p)
+        tokens = self.patch_embed(row)
         return tokens + self.pos_embed[0, ids].to(tokens.dtype)
 
     def moae_layers(self) -> list[nn.Module]:
