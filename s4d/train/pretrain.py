@@ -6,6 +6,11 @@
 
 With `pretrain.nproc_per_node > 1` the plain command starts torchrun itself.
 
+After training, rank 0 checks that the MAE learned something about its input and writes it into
+summary.json and stdout beside the final loss: a ridge probe on frozen pooled features (val accuracy and
+UAR) of the pretrained encoder and of the random one it started from, and the per-position-mean baseline
+loss with the MAE's own loss on the same sample (`pretrain.probe_samples`; 0 turns it off).
+
 Each step is a video step or an image step (`image_step_share`), in an order drawn from (seed, epoch).
 The masks and the samples of a step are drawn from (seed, step) for the GLOBAL batch and each rank takes
 its slice, so a run is reproducible for any world size, and resuming replays the same steps exactly.
@@ -406,7 +411,8 @@ def evidence_line(summary: dict) -> str:
             f"{summary['mae_loss_on_probe_sample'][modality]:.4f} on the probe sample; per-position-mean "
             f"baseline {summary['baseline_loss'][modality]:.4f}; linear probe val UAR "
             f"{probes['pretrained']['val_uar']:.3f} pretrained vs {probes['random_init']['val_uar']:.3f} random "
-            f"init (accuracy {probes['pretrained']['val_accuracy']:.3f} vs {probes['random_init']['val_accuracy']:.3f})")
+            f"init (accuracy {probes['pretrained']['val_accuracy']:.3f} vs "
+            f"{probes['random_init']['val_accuracy']:.3f})")
     return "\n".join(lines)
 
 

@@ -43,7 +43,8 @@ def probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val
     mean, std = train_x.double().mean(dim=0), train_x.double().std(dim=0).clamp_min(1e-8)
     scale = lambda f: (f.double() - mean) / std  # noqa: E731
     onehot = torch.nn.functional.one_hot(train_y.long(), num_classes).double()
-    w, b = ridge_fit(scale(train_x), onehot, lam * len(train_x) / 100)  # lam per 100 samples: the same strength at any n
+    # lam is per 100 samples, so the penalty keeps its strength against the data term at any n
+    w, b = ridge_fit(scale(train_x), onehot, lam * len(train_x) / 100)
     pred_val = ridge_predict(scale(val_x), w, b).argmax(dim=1)
     pred_train = ridge_predict(scale(train_x), w, b).argmax(dim=1)
     cm = confusion_matrix(val_y.tolist(), pred_val.tolist(), num_classes)
