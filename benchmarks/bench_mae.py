@@ -1,6 +1,6 @@
 """MAE pretraining throughput against fine-tuning throughput at the params' profile, end to end, in one run.
 
-    python -m benchmarks.bench_mae [--steps 4] [--rounds 7] [--params params.yaml]
+    python -m benchmarks.bench_mae [--steps 4] [--rounds 7] [--params params.yaml] [--name mae] [key=value ...]
 
 Each call runs `--steps` consecutive steps the way the stages run them, on the prepared data
 (artifacts/prepared, from `dvc repro prepare`): a fresh DataLoader iterator with `data.workers` processes
@@ -13,7 +13,8 @@ Both models get the attention kernel their stage would choose (s4d.precision.con
 The same two steps also run on one fixed in-memory batch ("model only"), to show what loading costs.
 Method (benchmarks/common.py): interleaved, order reversed every round; the figure is the per-round ratio
 of clips/s, median and IQR; load and matmul peaks recorded. CPU seconds (this process and its finished
-loader workers) are recorded beside wall seconds. Writes benchmarks/results/mae.json.
+loader workers) are recorded beside wall seconds. Writes benchmarks/results/<name>.json (default mae.json);
+key=value overrides (e.g. models.tiny.decoder_depth=1) measure another recipe and are recorded.
 """
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--steps", type=int, default=4, help="steps per timed call (one loader iterator)")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--name", default="mae", help="results file benchmarks/results/<name>.json")
+    parser.add_argument("overrides", nargs="*", help="params overrides key=value")
     args = parser.parse_args(argv)
 
     import deepspeed
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     from s4d.train.finetune import TaskLoss, build_optimizer
     from s4d.train.pretrain import PRETRAIN_AUGMENT, build_mae, masking_noise
 
-    params = load_params(args.params)
+    params = load_params(args.params, args.overrides)
     cfg, pt, ft, data = params.model, params.pretrain, params.finetune, params.data
     dist = init_distributed()
     torch.manual_seed(0)
@@ -145,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     cpu_ratio = quartiles([f * scale / p for f, p in zip(cpu["finetune"][1:], cpu["pretrain"][1:])])
     figures = {
         "method": "interleaved, order reversed each round, median and IQR (benchmarks/common.py)",
-        "profile": params.profile, "steps_per_call": args.steps, "rounds": args.rounds,
+        "profile": params.profile, "overrides": args.overrides, "steps_per_call": args.steps, "rounds": args.rounds,
         "data_workers": data.workers, "pretrain_batch": pt.batch_size, "finetune_batch": ft.batch_size,
         "video_mask_ratio": pt.video_mask_ratio, "target_norm": pt.target_norm,
         "precision": {"pretrain_bf16": pt_bf16, "finetune_bf16": ft_bf16,
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         "target_met": target_met(end_to_end, *TARGET),
         "matmul_peaks": peaks(),
     }
-    path = save("mae", figures)
+    path = save(args.name, figures)
     r = end_to_end
     print(f"pretrain / finetune clips/s, end to end: {r['median']:.2f}x (IQR {r['q1']:.2f}-{r['q3']:.2f}); "
           f"model only: {model_only['median']:.2f}x; per CPU second: {cpu_ratio['median']:.2f}x; "
