@@ -119,6 +119,35 @@ def test_targets_are_evaluated(dirs):
     assert summary["counts"]["not_met"] == sum(e["met"] is False for e in summary["figures"]) >= 3
 
 
+def test_a_target_is_met_only_when_the_whole_iqr_clears_it(dirs):
+    results, artifacts = dirs
+    models = json.loads((results / "models.json").read_text())
+    row = models["profiles"]["base"]["fp32"]
+    row["moae_step_over_plain"] = 1.10  # the median clears <= 1.15 ...
+    row["ratios"]["moae_over_plain_step"].update(median=1.10, q1=1.05, q3=1.16)  # ... the IQR does not
+    (results / "models.json").write_text(json.dumps(models))
+    (results / "mae.json").write_text(json.dumps({"ratios": {"pretrain_over_finetune_clips_s": {
+        "median": 5.2, "q1": 5.01, "q3": 5.6}}}))
+    entries = by_name(run_all.build_summary(results, artifacts))
+    moae = entries["moae_over_plain_step_base_fp32"]
+    assert moae["value"] == 1.10 and moae["iqr"] == [1.05, 1.16] and moae["met"] is False
+    mae = entries["mae_over_finetune_clips_s"]
+    assert mae["value"] == 5.2 and mae["iqr"] == [5.01, 5.6] and mae["met"] is True  # q1 >= 5: cleared
+
+    row["ratios"]["moae_over_plain_step"]["q3"] = 1.15  # on the bound: cleared
+    (results / "models.json").write_text(json.dumps(models))
+    (results / "mae.json").write_text(json.dumps({"ratios": {"pretrain_over_finetune_clips_s": {
+        "median": 5.2, "q1": 4.9, "q3": 5.6}}}))
+    entries = by_name(run_all.build_summary(results, artifacts))
+    assert entries["moae_over_plain_step_base_fp32"]["met"] is True
+    assert entries["mae_over_finetune_clips_s"]["met"] is False  # median 5.2 but q1 4.9 < 5
+
+    del row["ratios"]  # no quartiles recorded: judged on the value, and the entry says so
+    (results / "models.json").write_text(json.dumps(models))
+    moae = by_name(run_all.build_summary(results, artifacts))["moae_over_plain_step_base_fp32"]
+    assert moae["met"] is True and moae["iqr"] is None and "judged on the value alone" in moae["note"]
+
+
 def test_missing_sources_give_null_and_a_reason(dirs):
     results, artifacts = dirs
     (results / "serving.json").unlink()

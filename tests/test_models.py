@@ -7,7 +7,7 @@ import torch
 from s4d.config import MoAEConfig, base_profile, tiny_profile
 from s4d.models import MaskedAutoencoder, S4DClassifier
 from s4d.models.checkpoint import CheckpointError, build_model, init_classifier, read_checkpoint, save_checkpoint
-from s4d.models.mae import masked_mse, patchify, random_masking, visible_count
+from s4d.models.mae import patch_targets, patchify, random_masking, visible_count
 from s4d.models.moae import MoAELayer
 
 torch.manual_seed(0)
@@ -70,11 +70,13 @@ def test_mae_shapes_and_per_token_targets():
     per_token = cfg.tubelet_size * cfg.patch_size ** 2 * 3
     tokens_per_slice = (cfg.img_size // cfg.patch_size) ** 2
     out = mae(videos(2), 0.75)
-    assert out.pred.shape == out.target.shape == (2, tokens_per_slice * cfg.num_frames // 2, per_token)
+    masked = tokens_per_slice * cfg.num_frames // 2 - visible_count(tokens_per_slice * cfg.num_frames // 2, 0.75)
+    assert out.pred.shape == out.target.shape == (2, masked, per_token)  # masked tokens only
     out = mae(images(3), 0.75)
-    assert out.pred.shape == (3, tokens_per_slice, per_token)
+    masked = tokens_per_slice - visible_count(tokens_per_slice, 0.75)
+    assert out.pred.shape == (3, masked, per_token)
     # targets are normalised per patch and channel
-    t = out.target.view(3, tokens_per_slice, -1, 3)
+    t = out.target.view(3, masked, -1, 3)
     assert torch.allclose(t.mean(dim=2), torch.zeros(()), atol=1e-4)
 
 
@@ -124,22 +126,95 @@ def test_mae_encoder_sees_only_visible_tokens():
     out2 = mae(changed, 0.75, noise=noise)
     assert torch.equal(out2.mask, out.mask)
     assert torch.allclose(out2.pred, out.pred, atol=1e-5)
-    assert not torch.allclose(out2.target[out.mask], out.target[out.mask])
-    assert torch.equal(out2.target[~out.mask], out.target[~out.mask])
+    assert not torch.allclose(out2.target, out.target)  # the targets are the masked tokens'
 
 
-def test_mae_loss_counts_masked_tokens_only():
-    """Changing the visible tokens' part of the target (the pixels the encoder saw) leaves the loss
-    unchanged: only masked tokens are scored."""
-    cfg = small_cfg()
+def test_target_norms_on_a_hand_built_patch():
+    """One token (tubelet 2, patch 2: 8 pixels per channel), values chosen so mean and std are known by hand."""
+    clip = torch.zeros(1, 3, 2, 2, 2)
+    clip[0, 0] = torch.tensor([[[0.0, 2.0], [4.0, 6.0]], [[8.0, 10.0], [12.0, 14.0]]])  # 0, 2, ..., 14
+    clip[0, 1] = 3.0  # flat: std 0
+    clip[0, 2, 0] = 1.0  # frame 0 all 1, frame 1 all 0: mean 0.5, unbiased var 8 * 0.25 / 7 = 2/7
+    patches = patchify(clip, 2, 2)  # (1, 1, 8, 3)
+    ramp = torch.arange(0.0, 16.0, 2.0)
+    half = torch.tensor([1.0] * 4 + [0.0] * 4)
+    # channel 0: mean 7, unbiased var = 4 * var(0..7) = 4 * 42 / 7 = 24
+    s0, s2 = math.sqrt(24.0), math.sqrt(2 / 7)
+
+    def channels(t):
+        return t.view(8, 3)
+
+    raw = channels(patch_targets(patches, "raw"))
+    assert torch.equal(raw[:, 0], ramp) and torch.equal(raw[:, 1], torch.full((8,), 3.0))
+    norm = channels(patch_targets(patches, "normalised"))
+    assert torch.allclose(norm[:, 0], (ramp - 7) / math.sqrt(24 + 1e-6), atol=1e-6)
+    assert torch.allclose(norm[:, 1], torch.zeros(8))  # a flat patch: 0 / sqrt(eps)
+    assert torch.allclose(norm[:, 2], (half - 0.5) / math.sqrt(2 / 7 + 1e-6), atol=1e-6)
+    # floored at 1.0 per channel: channel 0 (std 4.9) is divided by its std, channel 2 (std 0.53) by the floor
+    floored = channels(patch_targets(patches, "floored", torch.tensor([1.0, 1.0, 1.0])))
+    assert torch.allclose(floored[:, 0], (ramp - 7) / s0, atol=1e-6)
+    assert torch.allclose(floored[:, 1], torch.zeros(8))
+    assert torch.allclose(floored[:, 2], half - 0.5, atol=1e-6)
+    assert s2 < 1.0 < s0
+    # a per-channel floor: channel 0's floor 10 exceeds its std
+    floored = channels(patch_targets(patches, "floored", torch.tensor([10.0, 1.0, 0.1])))
+    assert torch.allclose(floored[:, 0], (ramp - 7) / 10, atol=1e-6)
+    assert torch.allclose(floored[:, 2], (half - 0.5) / s2, atol=1e-6)
+    with pytest.raises(ValueError, match="normalised, floored, raw"):
+        patch_targets(patches, "whitened")
+
+
+def test_decoder_predicts_masked_tokens_only_and_the_loss_is_the_masked_share_of_the_full_loss():
+    """Reference: the old all-token path written out by hand (every token embedded, the decoder's norm and head
+    on all positions, per-patch targets from loops), then the MSE averaged over the masked tokens only."""
+    cfg = dataclasses.replace(small_cfg(), stem="linear")
     mae = MaskedAutoencoder(cfg).eval()
-    out = mae(videos(2), 0.75)
-    assert torch.equal(masked_mse(out.pred, out.target, out.mask), out.loss)
-    target = out.target.clone()
-    target[~out.mask] = torch.randn_like(target[~out.mask])
-    assert torch.allclose(masked_mse(out.pred, target, out.mask), out.loss)
-    target[out.mask] += 1.0
-    assert not torch.allclose(masked_mse(out.pred, target, out.mask), out.loss)
+    x = videos(2)
+    noise = torch.rand(mae.noise_shape(x, tube=False))
+    with torch.no_grad():
+        out = mae(x, 0.75, noise=noise)
+        n = out.mask.shape[1]
+        masked = n - visible_count(n, 0.75)
+        assert out.pred.shape == out.target.shape == (2, masked, cfg.tubelet_size * cfg.patch_size ** 2 * 3)
+
+        tokens = mae.encoder.embed(x)  # all tokens, as before
+        loss_sum, count = 0.0, 0
+        p, tub, side = cfg.patch_size, cfg.tubelet_size, cfg.img_size // cfg.patch_size
+        for b in range(2):
+            visible = (~out.mask[b]).nonzero().flatten()
+            latent = tokens[b:b + 1, visible]
+            for block in mae.encoder.blocks:
+                latent = block(latent)
+            latent = mae.encoder_to_decoder(mae.encoder.norm(latent))
+            full = mae.decoder.mask_token.expand(1, n, -1).clone()
+            full[0, visible] = latent[0]
+            full = full + mae.decoder.pos_embed[:, :n]
+            for block in mae.decoder.blocks:
+                full = block(full)
+            pred_all = mae.decoder.head(mae.decoder.norm(full))[0]  # (n, out): every token predicted
+            assert torch.allclose(out.pred[b], pred_all[out.mask[b]], atol=1e-5)
+            for token in range(n):
+                if not out.mask[b, token]:
+                    continue
+                t, rest = divmod(token, side * side)
+                i, j = divmod(rest, side)
+                cube = x[b, :, t * tub:(t + 1) * tub, i * p:(i + 1) * p, j * p:(j + 1) * p]  # (C, tub, p, p)
+                target = torch.stack([(c - c.mean()) / (c.var() + 1e-6).sqrt() for c in cube], dim=-1).flatten()
+                loss_sum += ((pred_all[token] - target) ** 2).mean().item()
+                count += 1
+    assert count == 2 * masked
+    assert out.loss.item() == pytest.approx(loss_sum / count, rel=1e-5)
+
+
+def test_embedding_the_visible_tubelets_equals_embedding_all_then_picking():
+    for stem in ("hmlp", "linear"):
+        cfg = dataclasses.replace(small_cfg(), stem=stem)
+        vit = MaskedAutoencoder(cfg).encoder.eval()  # eval: the hmlp BatchNorm uses its running statistics
+        x = videos(2)
+        ids = torch.stack([torch.randperm(32)[:5].sort().values for _ in range(2)])
+        with torch.no_grad():
+            expected = vit.embed(x).gather(1, ids[..., None].expand(-1, -1, cfg.embed_dim))
+            assert torch.allclose(vit.embed_at(x, ids), expected, atol=1e-5)
 
 
 def test_mixed_image_and_video_step_trains_both():

@@ -111,3 +111,21 @@ def test_one_switch_selects_the_kernel_and_both_compute_the_same(monkeypatch):
     assert len(calls) == cfg.depth  # the manual path does not call SDPA
     torch.testing.assert_close(fused, manual, rtol=1e-4, atol=1e-5)
     assert precision.configure(model, cfg, bf16=False, train=False) in (True, False)
+
+
+@pytest.mark.slow
+def test_finetune_and_evaluate_apply_the_measured_attention_kernel(micro_project, cache_dir):
+    """The stages as users run them: each asks the probe (train for fine-tuning, inference for evaluation),
+    prints the choice and caches it on this machine."""
+    from conftest import MICRO_MODEL, run_module
+
+    env = {"S4D_CACHE_DIR": str(cache_dir), "OMP_NUM_THREADS": "1"}
+    tuned = run_module("s4d.train.finetune", *MICRO_MODEL, "finetune.epochs=1", "finetune.precision=fp32",
+                       cwd=micro_project, env=env)
+    assert tuned.returncode == 0, tuned.stderr[-3000:]
+    assert "attention cpu fp32 train" in tuned.stderr
+    evaluated = run_module("s4d.train.evaluate", *MICRO_MODEL, "finetune.precision=fp32", cwd=micro_project, env=env)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "attention cpu fp32 infer" in evaluated.stderr
+    keys = list(read_json(cache_dir / "precision.json"))
+    assert any("attention cpu fp32 train" in k for k in keys) and any("attention cpu fp32 infer" in k for k in keys)

@@ -1,5 +1,6 @@
 """DeepSpeed MAE pretraining as real processes: resume after SIGKILL, 2 ranks, 2 nodes on one machine."""
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -39,8 +40,22 @@ def copy_project(src, dst):
 
 
 def test_pretraining_learns_and_writes_outputs(micro_project):
-    done = run_module("s4d.train.pretrain", *ONE_RANK, cwd=micro_project, env=ENV)
+    cache = micro_project / "cache"
+    done = run_module("s4d.train.pretrain", *ONE_RANK, cwd=micro_project, env={**ENV, "S4D_CACHE_DIR": str(cache)})
     assert done.returncode == 0, done.stderr[-3000:]
+    # the stage chose the attention kernel by the precision probe and applied it (printed, and cached)
+    assert "attention cpu fp32 train" in done.stderr
+    assert any("attention cpu fp32 train" in key for key in json.loads((cache / "precision.json").read_text()))
+    # learning evidence beside the loss: probes of the pretrained and the random encoder, the baseline
+    summary = json.loads((micro_project / "artifacts/pretrain/summary.json").read_text())
+    for modality in ("video", "image"):
+        for encoder in ("pretrained", "random_init"):
+            row = summary["probe"][modality][encoder]
+            assert 0.0 <= row["val_uar"] <= 1.0 and row["n_val"] > 0 and row["n_train"] > 0
+        assert 0.0 < summary["baseline_loss"][modality] < 2.0
+        assert summary["mae_loss_on_probe_sample"][modality] > 0.0
+        assert f"{modality}: MAE loss" in done.stdout and "per-position-mean baseline" in done.stdout
+    assert summary["probe_seconds"] >= 0.0
     log = losses(micro_project)
     assert [s for s, _, _ in log] == list(range(1, 25))
     assert {m for _, m, _ in log} == {"video", "image"}

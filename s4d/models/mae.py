@@ -1,12 +1,15 @@
 """Dual-modal masked autoencoder: one encoder (ViT or LGI-Former) for face images and face videos.
 
-patchify -> per-sample random (or tube) masking with exact visible counts (per region for the LGI-Former)
--> encoder on visible tokens -> decoder with a learned mask token -> per-patch normalised pixel targets, or
-MAE-DFER's appearance + motion targets for videos -> MSE on masked tokens only.
+per-sample random (or tube) masking with exact visible counts (per region for the LGI-Former) -> the stem
+embeds the visible tubelets only -> encoder on visible tokens -> decoder over all positions with a learned mask
+token, its norm and head on the masked positions only (VideoMAE's return_token_num) -> targets of the masked
+tokens only: pixels normalised per patch (`normalised`), the same with the per-patch std floored (`floored`),
+or the input pixels (`raw`); MAE-DFER's appearance + motion split for videos -> MSE over the masked tokens.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from timm.models.vision_transformer import Block
@@ -17,11 +20,14 @@ from s4d.models.lgi import LGIFormer
 from s4d.models.vit import LayerNorm, VideoViT, as_clip, init_weights, position_table
 
 
+TARGET_NORMS = ("normalised", "floored", "raw")
+
+
 @dataclass
 class MAEOutput:
     loss: torch.Tensor  # scalar: mean over masked tokens
-    pred: torch.Tensor  # (B, N, tubelet*patch*patch*3) predicted normalised pixels
-    target: torch.Tensor  # (B, N, tubelet*patch*patch*3)
+    pred: torch.Tensor  # (B, M, tubelet*patch*patch*3) predictions of the M masked tokens, in token order
+    target: torch.Tensor  # (B, M, tubelet*patch*patch*3) their targets
     mask: torch.Tensor  # (B, N) True where the token was hidden from the encoder
 
 
@@ -33,26 +39,46 @@ def patchify(clip: torch.Tensor, tubelet: int, patch: int) -> torch.Tensor:
     return x.reshape(b, (t // tubelet) * (h // patch) * (w // patch), tubelet * patch * patch, c)
 
 
-def normalised_targets(clip: torch.Tensor, tubelet: int, patch: int) -> torch.Tensor:
-    """Per-patch, per-channel normalised pixels, flattened per token (VideoMAE's target)."""
-    patches = patchify(clip.float(), tubelet, patch)
+def patch_targets(patches: torch.Tensor, norm: str = "normalised",
+                  std_floor: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """(B, M, tubelet*patch*patch, C) patches -> (B, M, tubelet*patch*patch*C) targets, per patch and channel:
+    normalised: (x - mean) / sqrt(unbiased var + 1e-6) (VideoMAE's target);
+    floored: (x - mean) / max(unbiased std, std_floor[c]): a nearly flat patch is not blown up to unit variance
+      (on the embedded renders a third of the patch-channels have std below 4 grey levels: mostly JPEG and
+      sensor noise); std_floor is per channel in the input's units;
+    raw: the input pixels as they are."""
+    patches = patches.float()
+    if norm == "raw":
+        return patches.flatten(2)
     mean = patches.mean(dim=-2, keepdim=True)
-    std = patches.var(dim=-2, unbiased=True, keepdim=True).add(1e-6).sqrt()
+    var = patches.var(dim=-2, unbiased=True, keepdim=True)
+    if norm == "normalised":
+        std = var.add(1e-6).sqrt()
+    elif norm == "floored":
+        std = torch.maximum(var.sqrt(), torch.as_tensor(std_floor, dtype=patches.dtype, device=patches.device))
+    else:
+        raise ValueError(f"target norm must be one of {', '.join(TARGET_NORMS)}, got {norm!r}")
     return ((patches - mean) / std).flatten(2)
 
 
-def motion_targets(clip: torch.Tensor, tubelet: int, patch: int) -> torch.Tensor:
-    """MAE-DFER's joint target, flattened per token like `normalised_targets`: the tubelet patch is normalised
-    as for the pixel target, then the first frame keeps its pixels (appearance) and every later frame becomes
-    its difference to the first (facial motion)."""
-    patches = normalised_targets(clip, tubelet, patch).unflatten(2, (tubelet, -1))  # (B, N, tubelet, p*p*C)
-    return torch.cat([patches[:, :, :1], patches[:, :, 1:] - patches[:, :, :1]], dim=2).flatten(2)
+def normalised_targets(clip: torch.Tensor, tubelet: int, patch: int, norm: str = "normalised",
+                       std_floor: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """Targets of every token of a clip (see patch_targets), flattened per token."""
+    return patch_targets(patchify(clip, tubelet, patch), norm, std_floor)
 
 
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the masked tokens only (visible tokens are not scored)."""
-    per_token = (pred.float() - target).pow(2).mean(dim=-1)
-    return (per_token * mask).sum() / mask.sum()
+def split_motion(targets: torch.Tensor, tubelet: int) -> torch.Tensor:
+    """MAE-DFER's joint target from per-token targets (B, M, tubelet*p*p*C): the first frame keeps its
+    pixels (appearance), every later frame becomes its difference to the first (facial motion)."""
+    frames = targets.unflatten(2, (tubelet, -1))
+    return torch.cat([frames[:, :, :1], frames[:, :, 1:] - frames[:, :, :1]], dim=2).flatten(2)
+
+
+def motion_targets(clip: torch.Tensor, tubelet: int, patch: int, norm: str = "normalised",
+                   std_floor: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """MAE-DFER's joint target for every token: the tubelet patch is normalised as for the pixel target, then
+    split into appearance and motion (split_motion)."""
+    return split_motion(normalised_targets(clip, tubelet, patch, norm, std_floor), tubelet)
 
 
 def visible_count(num_tokens: int, mask_ratio: float) -> int:
@@ -105,8 +131,11 @@ class Decoder(nn.Module):
         self.norm = LayerNorm(cfg.decoder_dim)
         self.head = nn.Linear(cfg.decoder_dim, cfg.tubelet_size * cfg.patch_size ** 2 * 3)
 
-    def forward(self, latent: torch.Tensor, visible_ids: torch.Tensor, num_tokens: int) -> torch.Tensor:
-        """Visible latents (B, n_visible, D_dec) at their positions, mask tokens elsewhere -> predictions.
+    def forward(self, latent: torch.Tensor, visible_ids: torch.Tensor, masked_ids: torch.Tensor,
+                num_tokens: int) -> torch.Tensor:
+        """Visible latents (B, n_visible, D_dec) at their positions, mask tokens elsewhere -> predictions
+        (B, M, out) of the masked positions only: the blocks attend over all positions, but the loss reads
+        only the masked ones, so the norm and head run on those alone (VideoMAE's return_token_num).
         The mask token lives here (not on the MAE) so ZeRO-3 gathers it with the module that uses it."""
         batch, _, dim = latent.shape
         x = self.mask_token.to(latent.dtype).expand(batch, num_tokens, dim).clone()
@@ -114,19 +143,26 @@ class Decoder(nn.Module):
         x = x + self.pos_embed[:, :num_tokens].to(x.dtype)
         for block in self.blocks:
             x = block(x)
+        x = x.gather(1, masked_ids[..., None].expand(-1, -1, dim))
         return self.head(self.norm(x))
 
 
 class MaskedAutoencoder(nn.Module):
-    def __init__(self, cfg: ModelConfig, target: str = "pixels", motion_weight: float = 0.5):
+    def __init__(self, cfg: ModelConfig, target: str = "pixels", motion_weight: float = 0.5,
+                 target_norm: str = "normalised", std_floor: Sequence[float] | float = 0.0):
         """`target` (videos; images always use pixels): "pixels" or "pixels+motion", the latter scored as
-        (1 - motion_weight) * appearance MSE + motion_weight * motion MSE."""
+        (1 - motion_weight) * appearance MSE + motion_weight * motion MSE. `target_norm`: how each patch's
+        pixels are normalised (patch_targets); `std_floor`: the floored norm's per-channel floor, in the
+        input's units (the trainer converts pretrain.target_std_floor from grey levels)."""
         super().__init__()
         if target not in ("pixels", "pixels+motion"):
             raise ValueError(f"target must be 'pixels' or 'pixels+motion', got {target!r}")
         if target == "pixels+motion" and cfg.tubelet_size < 2:
             raise ValueError(f"the motion target needs tubelet_size >= 2, got {cfg.tubelet_size}")
-        self.cfg, self.target, self.motion_weight = cfg, target, motion_weight
+        if target_norm not in TARGET_NORMS:
+            raise ValueError(f"target_norm must be one of {', '.join(TARGET_NORMS)}, got {target_norm!r}")
+        self.cfg, self.target, self.motion_weight, self.target_norm = cfg, target, motion_weight, target_norm
+        self.register_buffer("std_floor", torch.as_tensor(std_floor, dtype=torch.float32), persistent=False)
         self.encoder = LGIFormer(cfg, final_norm=True) if cfg.encoder == "lgi" else VideoViT(cfg, final_norm=True)
         self.encoder_to_decoder = nn.Linear(cfg.embed_dim, cfg.decoder_dim, bias=False)
         self.decoder = Decoder(cfg)
@@ -143,38 +179,57 @@ class MaskedAutoencoder(nn.Module):
         """One modality: images (B, C, H, W) or videos (B, C, T, H, W) with values already normalised.
         `noise` (see noise_shape) fixes the mask; by default it is drawn from torch's RNG."""
         cfg = self.cfg
-        clip = as_clip(x, cfg.tubelet_size)
-        tokens = self.encoder.embed(clip)
-        batch, num, dim = tokens.shape
-        per_slice = self.encoder.tokens_per_slice
+        clip = self.encoder.checked_clip(x)
+        batch, per_slice = clip.shape[0], self.encoder.tokens_per_slice
+        grid_t = clip.shape[2] // cfg.tubelet_size
+        num = grid_t * per_slice
         if noise is None:
             noise = torch.rand(self.noise_shape(x, tube), device=x.device)
-        noise, grid_t = noise.to(x.device), num // per_slice
+        noise = noise.to(x.device)
+        # Only the visible tubelets are embedded and encoded: hidden ones cost nothing before the decoder.
         if isinstance(self.encoder, LGIFormer):
             region_ids = region_masking(noise, self.encoder.region_index(grid_t), grid_t, per_slice, mask_ratio, tube)
             visible_ids = region_ids.flatten(1)
-            latent = tokens.gather(1, visible_ids[..., None].expand(-1, -1, dim))
-            latent = self.encoder.forward_regions(latent.view(*region_ids.shape, dim))[0].flatten(1, 2)
+            latent = self.encoder.embed_at(clip, visible_ids)
+            latent = self.encoder.forward_regions(latent.view(*region_ids.shape, -1))[0].flatten(1, 2)
         else:
             visible_ids = random_masking(noise, grid_t, per_slice, mask_ratio, tube)
-            latent = tokens.gather(1, visible_ids[..., None].expand(-1, -1, dim))
+            latent = self.encoder.embed_at(clip, visible_ids)
             for block in self.encoder.blocks:
                 latent = block(latent)
         latent = self.encoder_to_decoder(self.encoder.norm(latent))
 
-        pred = self.decoder(latent, visible_ids, num)
-
         mask = torch.ones(batch, num, dtype=torch.bool, device=x.device)
         mask.scatter_(1, visible_ids, False)
-        if self.target == "pixels+motion" and x.ndim == 5:
-            target = motion_targets(clip, cfg.tubelet_size, cfg.patch_size)
-            split = target.shape[-1] // cfg.tubelet_size  # the first frame's share of a token: appearance
-            loss = ((1 - self.motion_weight) * masked_mse(pred[..., :split], target[..., :split], mask)
-                    + self.motion_weight * masked_mse(pred[..., split:], target[..., split:], mask))
-        else:
-            target = normalised_targets(clip, cfg.tubelet_size, cfg.patch_size)
-            loss = masked_mse(pred, target, mask)
+        masked_ids = mask.nonzero()[:, 1].view(batch, -1)  # every sample hides the same number, in token order
+        pred = self.decoder(latent, visible_ids, masked_ids, num)
+
+        # Targets of the masked tokens only (the loss reads nothing else).
+        patches = patchify(clip, cfg.tubelet_size, cfg.patch_size)
+        patches = patches.gather(1, masked_ids[:, :, None, None].expand(-1, -1, *patches.shape[2:]))
+        target = self.token_targets(patches, video=x.ndim == 5)
+        loss = self.score((pred.float() - target).pow(2), video=x.ndim == 5)
         return MAEOutput(loss, pred, target, mask)
+
+    def token_targets(self, patches: torch.Tensor, video: bool) -> torch.Tensor:
+        """(B, M, tubelet*p*p, C) patches -> (B, M, P) targets: the configured norm, and MAE-DFER's appearance +
+        motion split for videos when the target is pixels+motion."""
+        target = patch_targets(patches, self.target_norm, self.std_floor)
+        return split_motion(target, self.cfg.tubelet_size) if video and self.target == "pixels+motion" else target
+
+    def targets(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, P) targets of every token of images or videos (for baselines; training scores masked ones)."""
+        clip = self.encoder.checked_clip(x)
+        return self.token_targets(patchify(clip, self.cfg.tubelet_size, self.cfg.patch_size), video=x.ndim == 5)
+
+    def score(self, squared_error: torch.Tensor, video: bool) -> torch.Tensor:
+        """The loss from per-value squared errors (..., P): their mean; for videos with the motion target,
+        (1 - motion_weight) * the appearance values' mean + motion_weight * the motion values' mean."""
+        if video and self.target == "pixels+motion":
+            split = squared_error.shape[-1] // self.cfg.tubelet_size  # the first frame's share: appearance
+            return ((1 - self.motion_weight) * squared_error[..., :split].mean()
+                    + self.motion_weight * squared_error[..., split:].mean())
+        return squared_error.mean()
 
     def mixed_loss(self, videos: torch.Tensor | None, images: torch.Tensor | None, video_mask_ratio: float,
                    image_mask_ratio: float, tube: bool = False, video_noise: torch.Tensor | None = None,

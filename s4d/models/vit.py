@@ -144,8 +144,8 @@ class VideoViT(nn.Module):
         ])
         self.norm = LayerNorm(cfg.embed_dim) if final_norm else nn.Identity()
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Images or videos -> (B, N, D) tokens with positions (a clip may be shorter than num_frames)."""
+    def checked_clip(self, x: torch.Tensor) -> torch.Tensor:
+        """Images or videos -> (B, C, T, H, W) clip, refused unless its size fits the model."""
         cfg = self.cfg
         clip = as_clip(x, cfg.tubelet_size)
         _, channels, frames, height, width = clip.shape
@@ -154,8 +154,30 @@ class VideoViT(nn.Module):
         if frames % cfg.tubelet_size or frames > cfg.num_frames:
             raise ValueError(f"expected a multiple of {cfg.tubelet_size} frames, at most {cfg.num_frames}; "
                              f"got {frames}")
-        tokens = self.patch_embed(clip)
+        return clip
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Images or videos -> (B, N, D) tokens with positions (a clip may be shorter than num_frames)."""
+        tokens = self.patch_embed(self.checked_clip(x))
         return tokens + self.pos_embed[:, : tokens.shape[1]].to(tokens.dtype)
+
+    def embed_at(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """(B, n, D) tokens at token ids (B, n) only, for masked pretraining: the stem runs on those tubelets
+        alone. Both stems stay inside their tubelet (stride = kernel), so each token equals embed's at that id,
+        except that the hmlp stem's BatchNorm takes its training statistics over the embedded tubelets."""
+        cfg = self.cfg
+        clip = self.checked_clip(x)
+        b, c, frames, height, width = clip.shape
+        p, tub = cfg.patch_size, cfg.tubelet_size
+        t, h, w = frames // tub, height // p, width // p
+        tubelets = clip.reshape(b, c, t, tub, h, p, w, p).permute(0, 2, 4, 6, 1, 3, 5, 7)
+        tubelets = tubelets.reshape(b, t * h * w, c, tub, p, p)  # token order t, h, w as in embed
+        picked = tubelets.gather(1, ids[:, :, None, None, None, None].expand(-1, -1, c, tub, p, p))
+        # The picked tubelets side by side as one clip, one tubelet tall and n wide: the stem runs as one
+        # ordinary call per sample (on many tiny clips it cost as much as on the whole clip).
+        row = picked.permute(0, 2, 3, 4, 1, 5).reshape(b, c, tub, p, ids.shape[1] * p)
+        tokens = self.patch_embed(row)
+        return tokens + self.pos_embed[0, ids].to(tokens.dtype)
 
     def moae_layers(self) -> list[nn.Module]:
         return [b.moe_layer for b in self.blocks if isinstance(b, MoAEBlock)]

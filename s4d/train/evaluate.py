@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from s4d import precision
 from s4d.config import Params
 from s4d.data.loaders import ClipDataset, ImageDataset
 from s4d.data.manifest import dataset_folders, read_manifest
@@ -133,6 +134,7 @@ def evaluate(params: Params, checkpoint: Path = Path("artifacts/finetune/model.p
     device = pick_device()
     bf16 = use_bf16(params.finetune.precision)
     model.to(device).eval()
+    precision.configure(model, model.cfg, bf16, train=False, device=device)  # fused or manual attention, measured
     size, frames = model.cfg.img_size, model.cfg.num_frames
 
     prepared = Path(data.prepared_dir)

@@ -42,6 +42,7 @@ from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from s4d import precision
 from s4d.config import FinetuneConfig, InputError, Params, to_dict
 from s4d.data.loaders import Augment, ClipDataset, ImageDataset, balanced_sampler, worker_init
 from s4d.data.manifest import dataset_folders, read_manifest
@@ -609,6 +610,7 @@ def finetune(params: Params, out_dir: Path = Path("artifacts/finetune")) -> dict
         print(init_summary)
         write_text(out_dir / "init_report.txt", init_summary + "\n")
     model.to(device)
+    precision.configure(model, cfg, bf16, train=True, device=device)  # fused or manual attention, measured
     lr = ft.base_lr * ft.batch_size / 256
     optimizer = build_optimizer(model, ft, lr)
     total_steps = ft.epochs * steps_per_epoch

@@ -6,6 +6,11 @@
 
 With `pretrain.nproc_per_node > 1` the plain command starts torchrun itself.
 
+After training, rank 0 checks that the MAE learned something about its input and writes it into
+summary.json and stdout beside the final loss: a ridge probe on frozen pooled features (val accuracy and
+UAR) of the pretrained encoder and of the random one it started from, and the per-position-mean baseline
+loss with the MAE's own loss on the same sample (`pretrain.probe_samples`; 0 turns it off).
+
 Each step is a video step or an image step (`image_step_share`), in an order drawn from (seed, epoch).
 The masks and the samples of a step are drawn from (seed, step) for the GLOBAL batch and each rank takes
 its slice, so a run is reproducible for any world size, and resuming replays the same steps exactly.
@@ -31,11 +36,13 @@ from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from s4d import precision
 from s4d.config import Params, to_dict
-from s4d.data.loaders import Augment, ClipDataset, ImageDataset
+from s4d.data.loaders import STD, Augment, ClipDataset, ImageDataset
 from s4d.data.manifest import dataset_folders, read_manifest
-from s4d.io import atomic_output, save_figure, write_json, write_text
 from s4d.data.prepare import POOL_MANIFESTS, pool_manifests
+from s4d.data.readers import carve_val
+from s4d.io import atomic_output, save_figure, write_json, write_text
 from s4d.models import MaskedAutoencoder
 from s4d.models.checkpoint import save_checkpoint
 from s4d.stage import load_stage_params, stage_parser
@@ -43,6 +50,7 @@ from s4d.train.checkpoints import (OutOfSpace, ResumeRefused, claim, move_aside,
                                    refusal, remove_all_own, remove_own, run_settings, settings_diff)
 from s4d.train.distributed import Dist, init_distributed, shutdown, use_bf16
 from s4d.train.launch import relaunch, under_launcher
+from s4d.train.probe import PositionMean, pooled_features, probe
 
 # Tests set it to kill the process (SIGKILL) right after the checkpoint of that step.
 KILL_AFTER_CHECKPOINT = int(os.environ.get("S4D_TEST_KILL_AFTER_CHECKPOINT", "0") or 0)
@@ -224,8 +232,9 @@ def pretrain(params: Params, out_dir: Path = Path("artifacts/pretrain"), fresh: 
                          f"found {len(videos)} videos and {len(images)} images")
     total_steps = cfg.epochs * (video_steps + image_steps)
 
-    model = MaskedAutoencoder(model_cfg, cfg.target, cfg.motion_weight)
+    model = build_mae(params)
     bf16 = use_bf16(cfg.precision)
+    precision.configure(model, model_cfg, bf16, train=True, device=dist.device)  # fused or manual attention
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "token" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1 or "token" in n]
     global_video_batch = cfg.batch_size * dist.world_size
@@ -309,7 +318,7 @@ def pretrain(params: Params, out_dir: Path = Path("artifacts/pretrain"), fresh: 
 
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
         if dist.is_main:
-            export = MaskedAutoencoder(model_cfg)
+            export = build_mae(params)
             export.load_state_dict({k: v.float().cpu() for k, v in engine.module.state_dict().items()})
             save_checkpoint(out_dir / "model.pt", export, meta={"steps": step, "world_size": dist.world_size,
                                                                  "params": to_dict(params)})
@@ -320,7 +329,100 @@ def pretrain(params: Params, out_dir: Path = Path("artifacts/pretrain"), fresh: 
         write_json(out_dir / "summary.json", summary)
         plot_losses(log_path, out_dir / "loss.png")
     torch.distributed.barrier()
+    # After the last collective: rank 0 alone runs the probe, so no rank waits on it inside a timeout.
+    if dist.is_main and cfg.probe_samples:
+        tick = time.time()
+        summary.update(learning_evidence(params, export.cpu().eval(), dist.device))
+        summary["probe_seconds"] = round(time.time() - tick, 1)
+        write_json(out_dir / "summary.json", summary)
+        print(evidence_line(summary), flush=True)
     return summary
+
+
+def build_mae(params: Params) -> MaskedAutoencoder:
+    """The MAE of params: target, motion weight, target norm; the std floor goes from grey levels to the
+    input's units per channel (the loaders scale pixels to x / 255 / STD[c] after removing the mean)."""
+    cfg = params.pretrain
+    floor = [cfg.target_std_floor / 255.0 / s for s in STD]
+    return MaskedAutoencoder(params.model, cfg.target, cfg.motion_weight, cfg.target_norm, floor)
+
+
+# ------------------------------------------------------------------------------ did the MAE learn?
+def probe_rows(params: Params) -> dict[str, tuple]:
+    """Per modality (train rows, val rows) of the labelled manifests for the probe: at most
+    pretrain.probe_samples train rows (a seeded sample), every val row (carved from train with data.seed
+    when the manifest has none)."""
+    prepared, out = Path(params.data.prepared_dir), {}
+    for modality, task in (("video", "dynamic"), ("image", "static")):
+        manifest = read_manifest(prepared / f"{task}.csv")
+        rows = carve_val(manifest[manifest["split"].isin(("train", "val"))], params.data.val_fraction,
+                         params.data.seed)
+        train, val = rows[rows["split"] == "train"], rows[rows["split"] == "val"]
+        if len(train) > params.pretrain.probe_samples:
+            train = train.sample(params.pretrain.probe_samples, random_state=params.pretrain.seed)
+        if len(train) and len(val):
+            out[modality] = (train, val)
+    return out
+
+
+def learning_evidence(params: Params, mae: MaskedAutoencoder, device: torch.device) -> dict:
+    """Linear probes (s4d.train.probe) on val of the pretrained encoder and of the random encoder it started
+    from, per modality, plus the per-position-mean baseline loss and the MAE's own loss (eval mode, masks
+    drawn from pretrain.seed) on the same train sample, without augmentation: a loss at the baseline means
+    the MAE predicts a fixed guess that ignores the input."""
+    cfg, model_cfg = params.pretrain, params.model
+    torch.manual_seed(cfg.seed)
+    start = build_mae(params).encoder.eval().to(device)  # the initial weights of this run (same seed)
+    mae = mae.to(device)
+    folders = dataset_folders(params.data)
+    size, frames, stride = model_cfg.img_size, model_cfg.num_frames, params.data.frame_stride
+    generator = torch.Generator().manual_seed(cfg.seed)
+    evidence: dict = {"probe": {}, "baseline_loss": {}, "mae_loss_on_probe_sample": {}}
+    for modality, (train, val) in probe_rows(params).items():
+        classes = int(max(train["label"].max(), val["label"].max())) + 1
+        ratio = cfg.video_mask_ratio if modality == "video" else cfg.image_mask_ratio
+        feats: dict = {}
+        baseline, mae_losses = PositionMean(), []
+        for split, rows in (("train", train), ("val", val)):
+            dataset = (ClipDataset(rows, ".", size, frames, stride, allowed=folders) if modality == "video"
+                       else ImageDataset(rows, ".", size, None, allowed=folders))
+            loader = DataLoader(dataset, batch_size=32, num_workers=params.data.workers)
+            parts = {"pretrained": [], "random_init": [], "labels": []}
+            for x, y in loader:
+                x = x[:, 0].to(device)  # the one centre view
+                parts["pretrained"].append(pooled_features(mae.encoder, x).cpu())
+                parts["random_init"].append(pooled_features(start, x).cpu())
+                parts["labels"].append(y)
+                if split == "train":
+                    with torch.no_grad():
+                        baseline.update(mae.targets(x).cpu())
+                        noise = torch.rand(mae.noise_shape(x, cfg.tube_masking and modality == "video"),
+                                           generator=generator)
+                        out = mae(x, ratio, cfg.tube_masking and modality == "video", noise)
+                    mae_losses.append((out.loss.item(), len(x)))
+            feats[split] = {k: torch.cat(v) for k, v in parts.items()}
+        evidence["probe"][modality] = {
+            encoder: probe(feats["train"][encoder], feats["train"]["labels"], feats["val"][encoder],
+                           feats["val"]["labels"], classes)
+            for encoder in ("pretrained", "random_init")}
+        evidence["baseline_loss"][modality] = round(float(mae.score(baseline.variance(), modality == "video")), 5)
+        evidence["mae_loss_on_probe_sample"][modality] = round(
+            sum(loss * n for loss, n in mae_losses) / sum(n for _, n in mae_losses), 5)
+    return evidence
+
+
+def evidence_line(summary: dict) -> str:
+    """One line per modality: the final MAE loss beside the baseline, and the probes' val UAR."""
+    lines = []
+    for modality, probes in summary.get("probe", {}).items():
+        lines.append(
+            f"{modality}: MAE loss {summary['final_loss'].get(modality, float('nan')):.4f} (last steps), "
+            f"{summary['mae_loss_on_probe_sample'][modality]:.4f} on the probe sample; per-position-mean "
+            f"baseline {summary['baseline_loss'][modality]:.4f}; linear probe val UAR "
+            f"{probes['pretrained']['val_uar']:.3f} pretrained vs {probes['random_init']['val_uar']:.3f} random "
+            f"init (accuracy {probes['pretrained']['val_accuracy']:.3f} vs "
+            f"{probes['random_init']['val_accuracy']:.3f})")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------- outputs
