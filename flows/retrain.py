@@ -12,8 +12,9 @@ run's overrides, resolved once by the first task into `artifacts/flow/params.yam
                    streams into the Prefect log and a non-zero exit fails the task. Skipped when a stamp beside
                    artifacts/pretrain/model.pt shows the same inputs (manifests, model/pretrain params, code).
                    A retry resumes from its checkpoints.
-    finetune       s4d.train.finetune.finetune
-    evaluate       s4d.train.evaluate.evaluate
+    finetune       s4d.train.finetune.finetune (finetune.nproc_per_node > 1: `python -m s4d.train.launch
+                   --nproc_per_node N s4d.train.finetune ...`, data-parallel; a retry resumes)
+    evaluate       s4d.train.evaluate.evaluate (the same launcher with finetune.nproc_per_node > 1)
     gate           s4d.gate.run_gate: floors + no regression vs the champion; markdown + table artifacts
     package        s4d.package.package: promote + bento when the gate passed; otherwise it only records
                    the skip, the champion keeps serving, and the run ends in the state "NotPromoted"
@@ -88,8 +89,12 @@ class ValidationFailed(ValueError):
     """The prepared manifests failed a fatal data check. Never retried."""
 
 
-class PretrainFailed(RuntimeError):
-    """The pretraining job exited non-zero (retried: a retry resumes from its checkpoints)."""
+class StageFailed(RuntimeError):
+    """A launched training job exited non-zero (retried: a retry resumes from its checkpoints)."""
+
+
+class PretrainFailed(StageFailed):
+    """The pretraining job exited non-zero."""
 
 
 # ----------------------------------------------------------------------------------------- retrying
@@ -225,12 +230,31 @@ def launch_command(params_file: str, nproc_per_node: int, hostfile: str = "",
     """The pretraining job: the project's launcher (s4d.train.launch) on this machine, or the DeepSpeed launcher
     over a hostfile (`host slots=N` lines; needs pdsh + passwordless ssh and this project at the same path on
     every host)."""
-    port = str(master_port or free_port())
     if hostfile:
-        return [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", hostfile, "--master_port", port,
-                "--module", "s4d.train.pretrain", "--params", params_file]
+        return [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", hostfile, "--master_port",
+                str(master_port or free_port()), "--module", "s4d.train.pretrain", "--params", params_file]
+    return stage_command("s4d.train.pretrain", params_file, nproc_per_node, master_port=master_port)
+
+
+def stage_command(module: str, params_file: str, nproc_per_node: int, *args: str,
+                  master_port: Optional[int] = None) -> list[str]:
+    """A training stage as N processes on this machine through the project's launcher (s4d.train.launch)."""
     return [sys.executable, "-m", "s4d.train.launch", "--nproc_per_node", str(nproc_per_node),
-            "--master_addr", "127.0.0.1", "--master_port", port, "s4d.train.pretrain", "--params", params_file]
+            "--master_addr", "127.0.0.1", "--master_port", str(master_port or free_port()), module,
+            "--params", params_file, *args]
+
+
+def run_launched(module: str, params_file: str, nproc_per_node: int, *args: str) -> None:
+    """Run a fine-tuning or evaluation stage data-parallel through the launcher, its output into the run's
+    log; a non-zero exit fails the task (StageFailed: retried, and a retried fine-tune resumes from its
+    checkpoints)."""
+    logger = get_run_logger()
+    cmd = stage_command(module, params_file, nproc_per_node, *args)
+    logger.info(f"launching: {' '.join(cmd)}")
+    code, tail = stream_process(cmd, logger, f"[{module.rsplit('.', 1)[1]}]", env=child_env())
+    if code != 0:
+        raise StageFailed(f"{module} ({nproc_per_node} processes) exited with status {code}: {' '.join(cmd)}\n"
+                          "last output:\n" + "\n".join(tail[-15:]))
 
 
 def pretrain_inputs(params) -> dict:
@@ -370,7 +394,12 @@ def finetune_job(params_file: str, pretrain_sha: str) -> dict:
     params = load_resolved(params_file)
     if params.finetune.init == "pretrain" and sha256_file(PRETRAIN_DIR / "model.pt") != pretrain_sha:
         raise RuntimeError(f"{PRETRAIN_DIR / 'model.pt'} changed since the pretrain step; another run?")
-    summary = finetune(params, Path("artifacts/finetune"))
+    out = Path("artifacts/finetune")
+    if params.finetune.nproc_per_node > 1:  # data-parallel: N processes through the launcher
+        run_launched("s4d.train.finetune", params_file, params.finetune.nproc_per_node, "--out", str(out))
+        summary = _read_json(out / "summary.json")
+    else:
+        summary = finetune(params, out)
     return {k: summary.get(k) for k in ("best_epoch", "best", "epochs_run", "stopped_early", "steps", "wall_time_s",
                                         "device", "model", "data")}
 
@@ -380,8 +409,12 @@ def evaluate_job(params_file: str) -> dict:
     from s4d.train.evaluate import evaluate
 
     params = load_resolved(params_file)
-    report = evaluate(params, Path("artifacts/finetune/model.pt"), Path("artifacts/eval"))
-    return report
+    checkpoint, out = Path("artifacts/finetune/model.pt"), Path("artifacts/eval")
+    if params.finetune.nproc_per_node > 1:  # the test views split over N processes, as the stage command does
+        run_launched("s4d.train.evaluate", params_file, params.finetune.nproc_per_node, "--checkpoint",
+                     str(checkpoint), "--out", str(out))
+        return _read_json(out / "metrics.json")
+    return evaluate(params, checkpoint, out)
 
 
 @task(name="gate", **TASK_OPTIONS)
