@@ -10,8 +10,10 @@ run's overrides, resolved once by the first task into `artifacts/flow/params.yam
     pretrain       `python -m s4d.train.launch --nproc_per_node N s4d.train.pretrain --params ...`, a
                    real multi-process DeepSpeed job (or `deepspeed --hostfile F` across machines); its output
                    streams into the Prefect log and a non-zero exit fails the task. Skipped when a stamp beside
-                   artifacts/pretrain/model.pt shows the same inputs (manifests, model/pretrain params, code).
+                   artifacts/pretrain/model.pt shows the same inputs (s4d.train.inputs, the one rule).
                    A retry resumes from its checkpoints.
+    folds          (only with `folds=[...]`, instead of finetune ... package) the fold runner
+                   `python -m s4d.train.folds`: per-fold metrics, mean +- std in artifacts/folds/summary.json
     finetune       s4d.train.finetune.finetune (finetune.nproc_per_node > 1: `python -m s4d.train.launch
                    --nproc_per_node N s4d.train.finetune ...`, data-parallel; a retry resumes)
     evaluate       s4d.train.evaluate.evaluate (the same launcher with finetune.nproc_per_node > 1)
@@ -27,7 +29,6 @@ artifacts/flow/runs/<time>-<run>.json (+ artifacts/flow/last_run.json).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -258,26 +259,17 @@ def run_launched(module: str, params_file: str, nproc_per_node: int, *args: str)
 
 
 def pretrain_inputs(params) -> dict:
-    """What the pretraining output depends on: the prepared manifests, the model / pretraining params
-    (not the process count: runs are reproducible for any world size) and the code that trains."""
-    import s4d
-    from s4d.config import to_dict
+    """What the pretraining output depends on: the one rule of s4d.train.inputs (settings without the
+    performance knobs, the prepared data, the code, the world size: pretraining's batch is per process)."""
+    from s4d.train.inputs import stage_inputs
 
-    prepared = Path(params.data.prepared_dir)
-    package = Path(s4d.__file__).parent
-    code = hashlib.sha256()
-    for path in sorted([*package.glob("models/*.py"), package / "train/pretrain.py",
-                        package / "train/distributed.py", package / "data/loaders.py"]):
-        code.update(path.name.encode() + path.read_bytes())
-    cfg = to_dict(params.pretrain)
-    cfg.pop("nproc_per_node", None)
-    return {"manifests": {t: sha256_file(prepared / f"{t}.csv") for t in ("dynamic", "static")},
-            "model": to_dict(params.model), "pretrain": cfg, "frame_stride": params.data.frame_stride,
-            "code": code.hexdigest()}
+    return stage_inputs(params, "pretrain", world_size=params.pretrain.nproc_per_node)
 
 
 def inputs_hash(inputs: dict) -> str:
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+    from s4d.train.inputs import inputs_key
+
+    return inputs_key(inputs)
 
 
 # ---------------------------------------------------------------------------------------------- tasks
@@ -417,6 +409,29 @@ def evaluate_job(params_file: str) -> dict:
     return evaluate(params, checkpoint, out)
 
 
+@task(name="folds", **TASK_OPTIONS)
+def folds_job(params_file: str, folds: list[int]) -> dict:
+    """The k-fold protocol (DFEW, MAFW): the fold runner, `python -m s4d.train.folds` (per fold prepare ->
+    finetune -> evaluate, each stage through the launcher; finished folds kept, a retry resumes), its output
+    into the run's log. Returns artifacts/folds/summary.json (per-fold metrics, mean and std)."""
+    from s4d.train.folds import parse_folds
+
+    try:
+        folds = parse_folds(",".join(str(f) for f in folds))
+    except Exception as e:  # noqa: BLE001 - argparse's type error: a bad request, never retried
+        raise InputError(f"folds: {e}") from None
+    logger = get_run_logger()
+    out = Path("artifacts/folds")
+    cmd = [sys.executable, "-m", "s4d.train.folds", "--folds", ",".join(map(str, folds)), "--out", str(out),
+           "--params", params_file]
+    logger.info(f"running: {' '.join(cmd)}")
+    code, tail = stream_process(cmd, logger, "[folds]", env=child_env())
+    if code != 0:
+        raise StageFailed(f"the fold runner exited with status {code}: {' '.join(cmd)}\nlast output:\n"
+                          + "\n".join(tail[-15:]))
+    return _read_json(out / "summary.json")
+
+
 @task(name="gate", **TASK_OPTIONS)
 def gate_job(params_file: str, gate: dict) -> dict:
     """The evaluation gate; the decision and the comparison become Prefect artifacts."""
@@ -522,12 +537,15 @@ def publish_record(record: dict) -> None:
 def retrain(dataset: str = "synthetic", profile: str = "tiny", overrides: Optional[list[str]] = None,
             nproc_per_node: int = 1, params_file: str = "params.yaml", retries: int = 2,
             retry_delay_seconds: float = 10.0, reuse_pretrain: bool = True, build_bento: bool = True,
-            hostfile: str = "") -> dict | State:
+            hostfile: str = "", folds: Optional[list[int]] = None) -> dict | State:
     """Retrain on `dataset` (a preset name: synthetic, folder, dfew), gate, and promote when it passes.
 
     overrides: params.yaml `key=value` strings (gate.* included); nproc_per_node: pretraining processes;
     hostfile: run pretraining with the DeepSpeed launcher across the hosts listed there instead;
     retries / retry_delay_seconds: for transient task failures.
+    folds: run the k-fold protocol instead (e.g. [1, 2, 3, 4, 5] for DFEW / MAFW) through the fold runner
+    (s4d.train.folds): per-fold metrics and mean +- std in artifacts/folds/summary.json; nothing is gated or
+    promoted (five models are a report, not a candidate).
     Returns the run record; when the gate refuses the candidate, a Failed state named "NotPromoted" carrying it.
     """
     logger = get_run_logger()
@@ -547,6 +565,10 @@ def retrain(dataset: str = "synthetic", profile: str = "tiny", overrides: Option
             record["validation"] = validate_data.with_options(**opts)(pf)
             pre = pretrain_job.with_options(**opts)(pf, nproc_per_node, reuse_pretrain, hostfile)
             record["pretrain"] = pre
+            if folds:
+                record["folds"] = folds_job.with_options(**opts)(pf, list(folds))
+                record["status"] = "completed: folds"
+                return record
             record["finetune"] = finetune_job.with_options(**opts)(pf, pre["model_sha256"])
             metrics = evaluate_job.with_options(**opts)(pf)
             record["metrics"] = {t: {k: metrics[t][k] for k in ("uar", "war", "n", "per_class_recall")}
@@ -588,10 +610,12 @@ if __name__ == "__main__":
     ap.add_argument("--profile", default="tiny")
     ap.add_argument("--nproc-per-node", type=int, default=1)
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--folds", default="", help="run the k-fold protocol through s4d.train.folds, e.g. 1,2,3,4,5")
     ap.add_argument("overrides", nargs="*", metavar="key=value")
     a = ap.parse_args()
     state = retrain(dataset=a.dataset, profile=a.profile, overrides=a.overrides, nproc_per_node=a.nproc_per_node,
-                    build_bento=not a.no_build, return_state=True)
+                    build_bento=not a.no_build, folds=[int(f) for f in a.folds.split(",") if f.strip()] or None,
+                    return_state=True)
     if not state.is_completed():
         print(f"retrain finished in state {state.name}: {state.message}", file=sys.stderr)
     sys.exit(0 if state.is_completed() else 1)

@@ -25,12 +25,13 @@ same sections.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
-from s4d.config import Params, to_dict
+from s4d.config import Params
 
 # Flat params keys that never change a result (see the module docstring).
 KNOBS = frozenset({
@@ -77,7 +78,8 @@ def settings(params: Params, stage: str) -> dict[str, Any]:
     out: dict[str, Any] = {"profile": params.profile}
     for section in SECTIONS[stage]:
         name = f"models.{params.profile}" if section == "model" else section
-        out |= {f"{name}.{k}": v for k, v in flatten(to_dict(getattr(params, section))).items()}
+        # dataclasses.asdict: the plain values, ~100x faster than an OmegaConf round trip (grids call this often)
+        out |= {f"{name}.{k}": v for k, v in flatten(dataclasses.asdict(getattr(params, section))).items()}
     return {k: v for k, v in out.items() if k not in KNOBS}
 
 
@@ -121,10 +123,10 @@ def init_digest(init: str, pretrain_model: Path = Path("artifacts/pretrain/model
 
 
 def stage_inputs(params: Params, stage: str, *, world_size: int = 1, data: str | None = None,
-                 **extra: Any) -> dict[str, Any]:
+                 init: str | None = None, **extra: Any) -> dict[str, Any]:
     """What `stage`'s result depends on (the module docstring's rule). `data`: an already computed
-    data_digest (it reads every sample's size once); `extra`: stage facts that must match too (e.g. a
-    model's state-dict layout)."""
+    data_digest (it reads every sample's size once); `init`: an already known identity of the start
+    checkpoint (else init_digest); `extra`: stage facts that must match too (a model's state-dict layout)."""
     inputs = settings(params, stage)
     inputs["data (manifests and sample sizes)"] = data or data_digest(params)
     inputs[f"code ({stage})"] = code_digest(stage)
@@ -132,7 +134,7 @@ def stage_inputs(params: Params, stage: str, *, world_size: int = 1, data: str |
         inputs["pretrain world size"] = world_size
     else:
         inputs["finetune.micro_batch"] = params.finetune.micro_batch or f"0 (batch / {world_size} ranks)"
-        inputs["finetune.init"] = init_digest(params.finetune.init)
+        inputs["finetune.init"] = init or init_digest(params.finetune.init)
     return inputs | extra
 
 

@@ -388,15 +388,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true",
                         help="start over: an unfinished run in artifacts/pretrain/checkpoints is moved aside "
                              "(into checkpoints/previous-<time>/), not deleted")
+    parser.add_argument("--out", default="artifacts/pretrain",
+                        help="output folder: model.pt, log.csv, summary.json, checkpoints/ (default: artifacts/pretrain)")
     args = parser.parse_args(argv)
     params = load_stage_params(args)
     nproc = params.pretrain.nproc_per_node
     if nproc > 1 and not under_launcher():  # not under a launcher yet: become one (s4d.train.launch)
         return relaunch("s4d.train.pretrain", ["--params", args.params, *(["--fresh"] if args.fresh else []),
-                                               *args.overrides], nproc, params.launch)
+                                               "--out", args.out, *args.overrides], nproc, params.launch)
     previous, broken = install_stop_handler(), False  # SIGTERM / SIGINT: checkpoint at the next step, exit 143
     try:
-        pretrain(params, fresh=args.fresh)
+        pretrain(params, Path(args.out), fresh=args.fresh)
     except Stopped as e:
         if os.environ.get("RANK", "0") == "0":
             tqdm.write(str(e), file=sys.stderr)
