@@ -25,8 +25,9 @@ with another key (params.yaml, the budget or the data changed) is redone.
 Each job is its stage command run through the project's launcher (s4d.train.launch), one after the
 other: `s4d.train.pretrain --out experiments/pretrain/...`, `s4d.train.finetune`, `s4d.train.evaluate`, with
 pretrain.nproc_per_node / finetune.nproc_per_node processes each (1 by default). A SIGTERM to the grid
-checkpoints the running job and stops; the same command resumes it. A run's `key` is s4d.train.inputs'
-rule (settings without performance knobs, data, code, start checkpoint). To use more cores, start N processes with `--shard 1/N` ... `--shard N/N` (each, say, with
+reaches the running job as it does through any launcher (it checkpoints and stops; the grid exits 143).
+A run's `key` is s4d.train.inputs' rule (settings without performance knobs, data, code, start checkpoint).
+To use more cores, start N processes with `--shard 1/N` ... `--shard N/N` (each, say, with
 OMP_NUM_THREADS=1) at the same time: the runs to train are dealt to the shards by their expected cost (a
 joint fine-tune counts 4/3 of a video-only one), a copied record goes with the run it copies, and a
 pretraining that two shards need is made by whichever gets its lock first.
@@ -329,8 +330,8 @@ class JobFailed(RuntimeError):
 
 
 def run_job(module: str, args: list[str], nproc: int, params: Params, what: str) -> None:
-    """One stage command through the project's launcher (s4d.train.launch), as every caller runs them: its
-    own processes (nproc from params), a SIGTERM to the grid checkpoints it and stops the grid."""
+    """One stage command through the project's launcher (s4d.train.launch), as every caller runs them, with
+    nproc processes; a SIGTERM to the grid is passed on to it."""
     from s4d.train.launch import relaunch
 
     code = relaunch(module, args, nproc, params.launch)

@@ -150,5 +150,6 @@ def changed_inputs(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     for key in sorted(set(saved) | set(now)):
         a, b = saved.get(key, missing), now.get(key, missing)
         if a != b:
-            lines.append(f"{key}: {'(absent)' if a is missing else repr(a)} -> {'(absent)' if b is missing else repr(b)}")
+            shown = ["(absent)" if v is missing else repr(v) for v in (a, b)]
+            lines.append(f"{key}: {shown[0]} -> {shown[1]}")
     return lines

@@ -389,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="start over: an unfinished run in artifacts/pretrain/checkpoints is moved aside "
                              "(into checkpoints/previous-<time>/), not deleted")
     parser.add_argument("--out", default="artifacts/pretrain",
-                        help="output folder: model.pt, log.csv, summary.json, checkpoints/ (default: artifacts/pretrain)")
+                        help="output folder: model.pt, log.csv, summary.json, checkpoints/ "
+                             "(default: artifacts/pretrain)")
     args = parser.parse_args(argv)
     params = load_stage_params(args)
     nproc = params.pretrain.nproc_per_node
