@@ -358,6 +358,10 @@ def pretrain_job(params_file: str, nproc_per_node: int, reuse: bool = True, host
         return {**_read_json(PRETRAIN_DIR / "summary.json"), "reused": True, "inputs": key,
                 "model_sha256": stamp["model_sha256"]}
 
+    if stamp.get("detail") and stamp.get("inputs") != key:
+        from s4d.train.inputs import changed_inputs
+
+        logger.info("pretraining inputs changed: " + "; ".join(changed_inputs(stamp["detail"], inputs)[:6]))
     STAMP.unlink(missing_ok=True)  # from here on, model.pt is not known to match anything
     # A killed job resumes from its checkpoints; a finished run's checkpoints are replaced, an unfinished
     # run made with other params or data is refused (exit 2, s4d.train.pretrain.resume_plan).

@@ -112,6 +112,7 @@ def test_a_second_invocation_trains_nothing_and_changed_params_redo_only_what_th
                          "finetune.label_smoothing=0.2", cwd=root, env=ENV)
     assert changed.returncode == 0, changed.stderr[-3000:]
     assert trained(changed.stdout) == (1, 2, 0, 0)
+    assert "ft_s4d seed0: the record is from other inputs (finetune.label_smoothing: 0.1 -> 0.2)" in changed.stdout
     pretrained = root / "experiments/pretrain/dual/seed0/model.pt"
     assert pretrained.stat().st_mtime_ns == before[pretrained]
     assert "finetune.label_smoothing=0.2" in record(root, "ft_s4d", 0)["overrides"]

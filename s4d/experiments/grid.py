@@ -51,7 +51,8 @@ from typing import Callable, Iterator
 
 from s4d.config import ConfigError, Params, load_params, to_dict
 from s4d.locks import file_lock
-from s4d.train.inputs import InputsError, data_digest, init_digest, inputs_key, stage_inputs
+from s4d.train.inputs import (InputsError, changed_inputs, data_digest, init_digest, inputs_key,
+                              stage_inputs)
 
 EXPERIMENTS = Path("experiments")
 PRETRAIN_DIR = EXPERIMENTS / "pretrain"
@@ -139,11 +140,12 @@ class Run:
     overrides: list[str]
     params: Params
     dir: Path
-    key: str  # resolved params, data_fingerprint and the pretraining it starts from
+    key: str  # inputs_key(inputs)
     pretrain: PretrainJob | None
     init: str  # what the fine-tune starts from: "pretrain:<kind>", "scratch" or a checkpoint path
     same_as: Run | None = None  # an earlier arm with identical params: its record is reused
     requested: bool = True  # False: in the plan only because a requested arm is the same run
+    inputs: dict | None = None  # run_inputs: what the record depends on (kept in it, to name what changed)
 
 
 @dataclass
@@ -200,11 +202,10 @@ def pretrain_key(params: Params, data_key: str) -> str:
     return inputs_key(stage_inputs(params, "pretrain", world_size=params.pretrain.nproc_per_node, data=data_key))
 
 
-def run_key(params: Params, data_key: str, init_key: str) -> str:
+def run_inputs(params: Params, data_key: str, init_key: str) -> dict:
     """What a run's record depends on: s4d.train.inputs' rule for fine-tuning + evaluation, its start named
     by `init_key` (a pretraining of this grid by its own key: its model.pt may not exist yet)."""
-    return inputs_key(stage_inputs(params, "evaluate", world_size=params.finetune.nproc_per_node, data=data_key,
-                                   init=init_key))
+    return stage_inputs(params, "evaluate", world_size=params.finetune.nproc_per_node, data=data_key, init=init_key)
 
 
 def build_plan(params_file: str = "params.yaml", arms: list[str] | None = None, seeds: int = DEFAULT_SEEDS,
@@ -254,9 +255,9 @@ def build_plan(params_file: str = "params.yaml", arms: list[str] | None = None, 
             init = f"pretrain:{job.kind}" if job else params.finetune.init
             if job is None and init not in init_keys:
                 init_keys[init] = init_fingerprint(init)
-            key = run_key(params, data_key, f"pretrain:{job.key}" if job else init_keys[init])
-            run = Run(arm, seed, ovr, params, RUNS_DIR / arm.name / f"seed{seed}", key, job, init,
-                      same_as=by_params.get(resolved), requested=arm.name in requested)
+            inputs = run_inputs(params, data_key, f"pretrain:{job.key}" if job else init_keys[init])
+            run = Run(arm, seed, ovr, params, RUNS_DIR / arm.name / f"seed{seed}", inputs_key(inputs), job, init,
+                      same_as=by_params.get(resolved), requested=arm.name in requested, inputs=inputs)
             by_params.setdefault(resolved, run)
             runs.append(run)
     needed = {id(r.same_as) for r in runs if r.requested and r.same_as is not None}
@@ -375,7 +376,7 @@ def train_and_evaluate(run: Run, plan: Plan) -> dict:
     return {
         "arm": run.arm.name, "study": run.arm.study, "label": run.arm.label, "seed": run.seed,
         "budget": plan.budget, "params_file": plan.params_file, "overrides": run.overrides, "key": run.key,
-        "same_as": None,
+        "same_as": None, "inputs": run.inputs,
         "init": run.init,
         "pretrain": None if run.pretrain is None else {
             "kind": run.pretrain.kind, "dir": str(run.pretrain.dir),
@@ -416,7 +417,9 @@ def execute(plan: Plan, log: Callable[[str], None] = say, shard: tuple[int, int]
             continue
         tick = time.time()
         if state == "stale":
-            log(f"{head}: the record is from other params, data or pretraining; redoing the run")
+            saved = (read_json(run.dir / RESULT) or {}).get("inputs")
+            changed = "; ".join(changed_inputs(saved, run.inputs or {})[:4]) if saved else "a record without them"
+            log(f"{head}: the record is from other inputs ({changed}); redoing the run")
         if run.same_as is not None:
             owner = read_json(run.same_as.dir / RESULT)
             if owner is None or owner.get("key") != run.key:

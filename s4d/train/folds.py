@@ -20,7 +20,7 @@ from pathlib import Path
 
 from s4d.config import Params
 from s4d.stage import load_stage_params
-from s4d.train.inputs import InputsError, stage_inputs
+from s4d.train.inputs import InputsError, changed_inputs, stage_inputs
 from s4d.train.metrics import fold_file, summarise_folds, write_json
 
 
@@ -72,6 +72,10 @@ def run_folds(params_file: str, overrides: list[str], folds: list[int], out: Pat
         if inputs is not None and stamp.is_file() and json.loads(stamp.read_text()) == json.loads(json.dumps(inputs)):
             print(f"fold {fold}: done before with the same params, kept", flush=True)
         else:
+            if inputs is not None and stamp.is_file():
+                changed = changed_inputs(json.loads(stamp.read_text()), json.loads(json.dumps(inputs)))
+                print(f"fold {fold}: inputs changed since it was done ({'; '.join(changed[:4])}), running it again",
+                      flush=True)
             stamp.unlink(missing_ok=True)
             py = [sys.executable, "-m"]
             run_stage([*py, "s4d.data.prepare", *args], f"fold {fold}: prepare")
