@@ -11,6 +11,10 @@ The model is selected on the VALIDATION split of the dynamic manifest (carved fr
 `data.val_fraction` when the dataset has none). Test rows are dropped before anything else: no dataset is
 ever built from them here.
 
+Data parallel is DDP-style, not DeepSpeed (the model and its AdamW state fit one device at every profile
+here): each rank holds the whole model, gradients are all-reduced after the step's chunks (gradient
+accumulation through `finetune.micro_batch`), so N ranks reproduce one process to float tolerance.
+
 Outputs (in `out_dir`): model.pt (best epoch), train_log.csv (per step), val_log.csv (per epoch),
 expert_load.csv (per epoch, task, MoAE layer and expert), curves.png, init_report.txt, summary.json.
 """

@@ -13,7 +13,9 @@ SIGTERM when the launcher dies (PR_SET_PDEATHSIG). A SIGTERM / SIGINT to the lau
 training loops checkpoint at the next step and exit (`launch.grace_s` bounds it, then SIGKILL). When one
 worker fails, the launcher kills its other workers at once and exits naming the rank; the ranks on other
 nodes then fail their next collective within `launch.timeout_s` (a peer that vanished is noticed at once,
-a cut link at the timeout) and their launchers do the same. Restarting every launcher resumes from the last
+a cut link at the timeout) and their launchers do the same. Each rank whose collective failed names the
+lost ranks and nodes: those that do not answer in the rendezvous store within seconds (node 0 itself when
+that store, on rank 0, is out of reach). Restarting every launcher resumes from the last
 checkpoint, which rank 0 reads and sends to the others (no shared filesystem needed for resuming).
 
 Rendezvous: MASTER_ADDR:MASTER_PORT (rank 0's node). On machines whose hostname resolves to 127.0.0.1
