@@ -211,8 +211,11 @@ def unanswered_ranks(window_s: float = 3.0) -> list[int] | None:
     that never announced are the lost ones: a vanished peer fails every survivor at once, a cut link fails
     them at the same timeout. Bounded: about window_s (2 x window_s on rank 0) plus a connect timeout."""
     me, world = rank_from_env(), int(os.environ.get("WORLD_SIZE", 1))
+    # Rank 0 serves the store (on every interface): it reaches it over loopback even when the link that
+    # carries MASTER_ADDR is gone.
+    host = "127.0.0.1" if me == 0 else os.environ.get("MASTER_ADDR", "")
     try:
-        store = tdist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+        store = tdist.TCPStore(host, int(os.environ["MASTER_PORT"]), is_master=False,
                                timeout=timedelta(seconds=window_s), wait_for_workers=False)
         store.set(f"s4d_alive/{me}", "1")
     except (RuntimeError, KeyError, ValueError, OSError):
