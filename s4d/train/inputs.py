@@ -3,7 +3,7 @@
 `stage_inputs(params, stage)` lists, as flat `key: value` pairs named like params.yaml keys:
   - settings: the params sections the stage reads (SECTIONS), minus the performance knobs (KNOBS);
   - data: the prepared manifests (their bytes) and the name and size of every sample file they list (each
-    frame of a frame folder). Sizes, not modification times: the same data written again (`s4d generate`
+    frame of a frame folder; training stages: of the train and val rows only, test samples are never read). Sizes, not modification times: the same data written again (`s4d generate`
     re-renders identical files) keeps its results; other pixels give other JPEG sizes;
   - code: the sha256 of the modules that compute the stage's result (CODE);
   - what the stage starts from: fine-tuning's `finetune.init` checkpoint by its sha256.
@@ -83,17 +83,21 @@ def settings(params: Params, stage: str) -> dict[str, Any]:
     return {k: v for k, v in out.items() if k not in KNOBS}
 
 
-def data_digest(params: Params) -> str:
-    """The prepared manifests' bytes and every listed sample file's name and size."""
+def data_digest(params: Params, splits: tuple[str, ...] = ("train", "val", "test")) -> str:
+    """The prepared manifests' bytes and the name and size of every sample file of the rows in `splits`
+    (training never reads test samples, so it never looks at them). A missing manifest counts as absent:
+    the stage that needs it says so itself."""
     from s4d.data.manifest import read_manifest
 
     h = hashlib.sha256()
     for task in ("dynamic", "static"):
         manifest = Path(params.data.prepared_dir) / f"{task}.csv"
         if not manifest.is_file():
-            raise InputsError(f"manifest {manifest} does not exist: run the prepare stage first")
+            h.update(f"{task}: absent\n".encode())
+            continue
         h.update(manifest.read_bytes())
-        for path in map(Path, read_manifest(manifest)["path"]):
+        rows = read_manifest(manifest)
+        for path in map(Path, rows.loc[rows["split"].isin(splits), "path"]):
             try:
                 for file in sorted(path.iterdir()) if path.is_dir() else [path]:
                     h.update(f"{file.name}:{file.stat().st_size}\n".encode())
@@ -128,7 +132,9 @@ def stage_inputs(params: Params, stage: str, *, world_size: int = 1, data: str |
     data_digest (it reads every sample's size once); `init`: an already known identity of the start
     checkpoint (else init_digest); `extra`: stage facts that must match too (a model's state-dict layout)."""
     inputs = settings(params, stage)
-    inputs["data (manifests and sample sizes)"] = data or data_digest(params)
+    training = ("train", "val")  # evaluation reads the test rows too
+    inputs["data (manifests and sample sizes)"] = data or data_digest(
+        params, training if stage in ("pretrain", "finetune") else (*training, "test"))
     inputs[f"code ({stage})"] = code_digest(stage)
     if stage == "pretrain":
         inputs["pretrain world size"] = world_size
