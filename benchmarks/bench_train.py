@@ -2,9 +2,10 @@
 throughput on 1 vs 2 ranks and the cost of a resumable checkpoint.
 
     python -m benchmarks.bench_train [--quick]            # pretraining (MAE) engine figures
-    python -m benchmarks.bench_train --finetune [--quick]  # fine-tuning: the real command, 1 and 2 ranks
+    python -m benchmarks.bench_train --finetune [--quick] [--rounds N]  # fine-tuning: the real command, 1 vs 2
+                                                                        # ranks, interleaved (benchmarks/common.py)
 
-Each configuration runs as real processes (torchrun for 2 ranks) on synthetic tensors, so the figures are
+Each configuration runs as real processes (s4d.train.launch for 2 ranks) on synthetic tensors, so the figures are
 the engine's, not the loader's (benchmarks/bench_data.py measures loading). Per configuration it prints
 MAE train-step clips/s (global) and the Adam state bytes held by each rank: ZeRO-1/2/3 partition them,
 so 2 ranks should hold about half each. Fine-tuning step throughput is in bench_models (train_clips_s).
@@ -73,13 +74,8 @@ def worker(profile: str, zero: int, precision: str, steps: int, batch: int) -> N
 def run(profile: str, ranks: int, zero: int, precision: str, steps: int, batch: int) -> dict:
     args = ["-m", "benchmarks.bench_train", "--worker", profile, str(zero), precision, str(steps), str(batch)]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // ranks))}
-    if ranks > 1:
-        from s4d.io import free_port
-
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
-               str(free_port()), *args]
-    else:
-        cmd = [sys.executable, *args]
+    # the project's launcher, as every caller; the worker is this module's --worker entry
+    cmd = [sys.executable, "-m", "s4d.train.launch", "--nproc_per_node", str(ranks), *args[1:]]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
     if line is None:
@@ -87,49 +83,77 @@ def run(profile: str, ranks: int, zero: int, precision: str, steps: int, batch: 
     return json.loads(line[len("RESULT "):])
 
 
-def finetune_run(profile: str, ranks: int, batch: int, micro: int) -> dict:
-    """The documented fine-tuning command on a micro dataset (12 clips: 8 train, one epoch, video-only);
-    clips/s is the median over the steps after the first, checkpoint seconds the mean per save."""
+def finetune_run(root, profile: str, ranks: int, batch: int, micro: int, out: str) -> dict:
+    """One run of the documented fine-tuning command (one epoch, video-only, a checkpoint after every step) in
+    the micro project `root`; clips/s is the median over the steps after the first (the first pays for
+    start-up), checkpoint seconds the mean per save."""
+    import shutil
+    from pathlib import Path
+
+    import pandas as pd
+
+    args = [f"profile={profile}", "finetune.epochs=1", "finetune.static_share=0", f"finetune.batch_size={batch}",
+            f"finetune.micro_batch={micro}", f"finetune.nproc_per_node={ranks}", "finetune.checkpoint_every=1",
+            "data.workers=1", "data.val_fraction=0.2"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    folder = Path(root) / out
+    shutil.rmtree(folder, ignore_errors=True)
+    done = subprocess.run([sys.executable, "-m", "s4d.train.finetune", *args, "--out", out], cwd=root, env=env,
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"finetune {profile} ranks={ranks} failed:\n{done.stderr[-2000:]}")
+    steps = pd.read_csv(folder / "train_log.csv")
+    summary = json.loads((folder / "summary.json").read_text())
+    later = steps["clips_per_s"].iloc[1:] if len(steps) > 1 else steps["clips_per_s"]
+    return {"steps": len(steps), "clips_s": float(later.median()), "checkpoint_s": summary["checkpoints"]["mean_s"],
+            "checkpoints": summary["checkpoints"]["saved"]}
+
+
+# Two ranks share this machine's cores with one rank's threads, so they cannot be faster; the target bounds
+# what data parallelism costs here: the 2-rank run keeps at least 80 % of the 1-rank step throughput.
+RATIO_TARGET = (">=", 0.8)
+
+
+def finetune_main(quick: bool, rounds: int) -> None:
+    """Fine-tuning step throughput, 1 vs 2 ranks, per profile: the runs interleaved (1, 2, then 2, 1 ...), the
+    ratio per round (paired) as median and quartiles; checkpoint seconds per save as quartiles over runs."""
     import tempfile
     from pathlib import Path
+
+    from benchmarks.common import interleaved, load, quartiles, target_met
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from conftest import write_micro_dataset
 
+    configs = [("tiny", 4, 2)] + ([] if quick else [("base", 2, 1)])  # (profile, global batch, micro-batch)
+    figures: dict = {"method": f"interleaved, {rounds} rounds, 1 warm-up run each", "load_before": load(),
+                     "target": f"2 ranks / 1 rank clips/s {RATIO_TARGET[0]} {RATIO_TARGET[1]} (whole IQR)",
+                     "profiles": {}}
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as tmp:
-        write_micro_dataset(Path(tmp), n_videos=12, n_images=24)
-        args = [f"profile={profile}", "finetune.epochs=1", "finetune.static_share=0", f"finetune.batch_size={batch}",
-                f"finetune.micro_batch={micro}", f"finetune.nproc_per_node={ranks}", "finetune.checkpoint_every=1",
-                "data.workers=1", "data.val_fraction=0.2"]
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-        out = subprocess.run([sys.executable, "-m", "s4d.train.finetune", *args, "--out", "ft"], cwd=tmp, env=env,
-                             capture_output=True, text=True)
-        if out.returncode:
-            raise RuntimeError(f"finetune {profile} ranks={ranks} failed:\n{out.stderr[-2000:]}")
-        import pandas as pd
+        write_micro_dataset(Path(tmp), n_videos=24, n_images=24)  # 16 train clips: 4 steps of 4
+        for profile, batch, micro in configs:
+            runs: dict[int, list[dict]] = {1: [], 2: []}
 
-        steps = pd.read_csv(Path(tmp) / "ft" / "train_log.csv")
-        summary = json.loads((Path(tmp) / "ft" / "summary.json").read_text())
-    later = steps["clips_per_s"].iloc[1:] if len(steps) > 1 else steps["clips_per_s"]
-    return {"profile": profile, "ranks": ranks, "global_batch": batch, "micro_batch": micro, "steps": len(steps),
-            "clips_s": round(float(later.median()), 3), "checkpoint_s": round(summary["checkpoints"]["mean_s"], 3),
-            "checkpoints": summary["checkpoints"]["saved"]}
+            def call(ranks: int):
+                return lambda: runs[ranks].append(finetune_run(tmp, profile, ranks, batch, micro, f"ft{ranks}"))
 
-
-def finetune_main(quick: bool) -> None:
-    grid = [("tiny", 1, 4, 2), ("tiny", 2, 4, 2)]
-    if not quick:
-        grid += [("base", 1, 2, 1), ("base", 2, 2, 1)]
-    results = [finetune_run(*config) for config in grid]
-    for r in results:
-        print(f"finetune {r['profile']:5s} ranks={r['ranks']} batch {r['global_batch']} (micro {r['micro_batch']}): "
-              f"{r['clips_s']:7.3f} clips/s, checkpoint {r['checkpoint_s']:.3f} s per save", flush=True)
-    ratios = {}
-    for profile in {r["profile"] for r in results}:
-        by_ranks = {r["ranks"]: r["clips_s"] for r in results if r["profile"] == profile}
-        ratios[profile] = round(by_ranks[2] / by_ranks[1], 3)
-        print(f"finetune {profile}: 2 ranks / 1 rank = {ratios[profile]:.2f}x")
-    print(f"written {save('train_finetune', {'finetune': results, 'ratio_2_over_1': ratios})}")
+            seconds = interleaved({"1 rank": call(1), "2 ranks": call(2)}, rounds=rounds, warmup=1)
+            measured = {r: v[1:] for r, v in runs.items()}  # the warm-up runs are not counted
+            ratio = quartiles([b["clips_s"] / a["clips_s"] for a, b in zip(measured[1], measured[2])])
+            figures["profiles"][profile] = {
+                "global_batch": batch, "micro_batch": micro, "steps": measured[1][0]["steps"],
+                **{f"{r}_rank{'s' if r > 1 else ''}": {
+                    "clips_s": quartiles([x["clips_s"] for x in measured[r]]),
+                    "checkpoint_s_per_save": quartiles([x["checkpoint_s"] for x in measured[r]]),
+                    "run_s": quartiles(seconds[f"{r} rank{'s' if r > 1 else ''}"])} for r in (1, 2)},
+                "ratio_2_over_1": ratio, "target_met": target_met(ratio, *RATIO_TARGET)}
+            f = figures["profiles"][profile]
+            print(f"finetune {profile}: 1 rank {f['1_rank']['clips_s']['median']:.3f} clips/s, 2 ranks "
+                  f"{f['2_ranks']['clips_s']['median']:.3f} clips/s, ratio {ratio['median']:.2f} "
+                  f"[{ratio['q1']:.2f}, {ratio['q3']:.2f}] (target met: {f['target_met']}); checkpoint "
+                  f"{f['1_rank']['checkpoint_s_per_save']['median']:.3f} s per save", flush=True)
+    figures["load_after"] = load()
+    print(f"written {save('train_finetune', figures)}")
 
 
 def main() -> None:
@@ -140,9 +164,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny profile only")
     parser.add_argument("--finetune", action="store_true", help="fine-tuning figures instead of pretraining")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the fine-tuning runs (default 3)")
     args = parser.parse_args()
     if args.finetune:
-        finetune_main(args.quick)
+        finetune_main(args.quick, args.rounds)
         return
     # (profile, ranks, zero stage, precision, timed steps, per-rank batch)
     grid = [("tiny", 1, 2, "fp32", 5, 16), ("tiny", 1, 2, "bf16", 5, 16), ("tiny", 2, 2, "fp32", 5, 8),

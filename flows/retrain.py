@@ -10,10 +10,13 @@ run's overrides, resolved once by the first task into `artifacts/flow/params.yam
     pretrain       `python -m s4d.train.launch --nproc_per_node N s4d.train.pretrain --params ...`, a
                    real multi-process DeepSpeed job (or `deepspeed --hostfile F` across machines); its output
                    streams into the Prefect log and a non-zero exit fails the task. Skipped when a stamp beside
-                   artifacts/pretrain/model.pt shows the same inputs (manifests, model/pretrain params, code).
+                   artifacts/pretrain/model.pt shows the same inputs (s4d.train.inputs, the one rule).
                    A retry resumes from its checkpoints.
-    finetune       s4d.train.finetune.finetune
-    evaluate       s4d.train.evaluate.evaluate
+    folds          (only with `folds=[...]`, instead of finetune ... package) the fold runner
+                   `python -m s4d.train.folds`: per-fold metrics, mean +- std in artifacts/folds/summary.json
+    finetune       s4d.train.finetune.finetune (finetune.nproc_per_node > 1: `python -m s4d.train.launch
+                   --nproc_per_node N s4d.train.finetune ...`, data-parallel; a retry resumes)
+    evaluate       s4d.train.evaluate.evaluate (the same launcher with finetune.nproc_per_node > 1)
     gate           s4d.gate.run_gate: floors + no regression vs the champion; markdown + table artifacts
     package        s4d.package.package: promote + bento when the gate passed; otherwise it only records
                    the skip, the champion keeps serving, and the run ends in the state "NotPromoted"
@@ -26,7 +29,6 @@ artifacts/flow/runs/<time>-<run>.json (+ artifacts/flow/last_run.json).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -89,8 +91,12 @@ class ValidationFailed(ValueError):
     """The prepared manifests failed a fatal data check. Never retried."""
 
 
-class PretrainFailed(RuntimeError):
-    """The pretraining job exited non-zero (retried: a retry resumes from its checkpoints)."""
+class StageFailed(RuntimeError):
+    """A launched training job exited non-zero (retried: a retry resumes from its checkpoints)."""
+
+
+class PretrainFailed(StageFailed):
+    """The pretraining job exited non-zero."""
 
 
 # ----------------------------------------------------------------------------------------- retrying
@@ -209,35 +215,45 @@ def launch_command(params_file: str, nproc_per_node: int, hostfile: str = "",
     """The pretraining job: the project's launcher (s4d.train.launch) on this machine, or the DeepSpeed launcher
     over a hostfile (`host slots=N` lines; needs pdsh + passwordless ssh and this project at the same path on
     every host)."""
-    port = str(master_port or free_port())
     if hostfile:
-        return [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", hostfile, "--master_port", port,
-                "--module", "s4d.train.pretrain", "--params", params_file]
+        return [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", hostfile, "--master_port",
+                str(master_port or free_port()), "--module", "s4d.train.pretrain", "--params", params_file]
+    return stage_command("s4d.train.pretrain", params_file, nproc_per_node, master_port=master_port)
+
+
+def stage_command(module: str, params_file: str, nproc_per_node: int, *args: str,
+                  master_port: Optional[int] = None) -> list[str]:
+    """A training stage as N processes on this machine through the project's launcher (s4d.train.launch)."""
     return [sys.executable, "-m", "s4d.train.launch", "--nproc_per_node", str(nproc_per_node),
-            "--master_addr", "127.0.0.1", "--master_port", port, "s4d.train.pretrain", "--params", params_file]
+            "--master_addr", "127.0.0.1", "--master_port", str(master_port or free_port()), module,
+            "--params", params_file, *args]
+
+
+def run_launched(module: str, params_file: str, nproc_per_node: int, *args: str) -> None:
+    """Run a fine-tuning or evaluation stage data-parallel through the launcher, its output into the run's
+    log; a non-zero exit fails the task (StageFailed: retried, and a retried fine-tune resumes from its
+    checkpoints)."""
+    logger = get_run_logger()
+    cmd = stage_command(module, params_file, nproc_per_node, *args)
+    logger.info(f"launching: {' '.join(cmd)}")
+    code, tail = stream_process(cmd, logger, f"[{module.rsplit('.', 1)[1]}]", env=child_env())
+    if code != 0:
+        raise StageFailed(f"{module} ({nproc_per_node} processes) exited with status {code}: {' '.join(cmd)}\n"
+                          "last output:\n" + "\n".join(tail[-15:]))
 
 
 def pretrain_inputs(params) -> dict:
-    """What the pretraining output depends on: the prepared manifests, the model / pretraining params
-    (not the process count: runs are reproducible for any world size) and the code that trains."""
-    import s4d
-    from s4d.config import to_dict
-    from s4d.train.pretrain import manifest_files  # the manifests pretrain.data selects (labelled, pool)
+    """What the pretraining output depends on: the one rule of s4d.train.inputs (settings without the
+    performance knobs, the prepared data, the code, the world size: pretraining's batch is per process)."""
+    from s4d.train.inputs import stage_inputs
 
-    package = Path(s4d.__file__).parent
-    code = hashlib.sha256()
-    for path in sorted([*package.glob("models/*.py"), package / "train/pretrain.py",
-                        package / "train/distributed.py", package / "data/loaders.py"]):
-        code.update(path.name.encode() + path.read_bytes())
-    cfg = to_dict(params.pretrain)
-    cfg.pop("nproc_per_node", None)
-    return {"manifests": {path.name: sha256_or_none(path) for path in manifest_files(params)},
-            "model": to_dict(params.model), "pretrain": cfg, "frame_stride": params.data.frame_stride,
-            "code": code.hexdigest()}
+    return stage_inputs(params, "pretrain", world_size=params.pretrain.nproc_per_node)
 
 
 def inputs_hash(inputs: dict) -> str:
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+    from s4d.train.inputs import inputs_key
+
+    return inputs_key(inputs)
 
 
 # ---------------------------------------------------------------------------------------------- tasks
@@ -324,6 +340,10 @@ def pretrain_job(params_file: str, nproc_per_node: int, reuse: bool = True, host
         return {**read_json(PRETRAIN_DIR / "summary.json", {}), "reused": True, "inputs": key,
                 "model_sha256": stamp["model_sha256"]}
 
+    if stamp.get("detail") and stamp.get("inputs") != key:
+        from s4d.train.inputs import changed_inputs
+
+        logger.info("pretraining inputs changed: " + "; ".join(changed_inputs(stamp["detail"], inputs)[:6]))
     STAMP.unlink(missing_ok=True)  # from here on, model.pt is not known to match anything
     # A killed job resumes from its checkpoints; a finished run's checkpoints are replaced, an unfinished
     # run made with other params or data is refused (exit 2, s4d.train.pretrain.resume_plan).
@@ -352,7 +372,12 @@ def finetune_job(params_file: str, pretrain_sha: str) -> dict:
     params = load_resolved(params_file)
     if params.finetune.init == "pretrain" and sha256_or_none(PRETRAIN_DIR / "model.pt") != pretrain_sha:
         raise RuntimeError(f"{PRETRAIN_DIR / 'model.pt'} changed since the pretrain step; another run?")
-    summary = finetune(params, Path("artifacts/finetune"))
+    out = Path("artifacts/finetune")
+    if params.finetune.nproc_per_node > 1:  # data-parallel: N processes through the launcher
+        run_launched("s4d.train.finetune", params_file, params.finetune.nproc_per_node, "--out", str(out))
+        summary = read_json(out / "summary.json", {})
+    else:
+        summary = finetune(params, out)
     return {k: summary.get(k) for k in ("best_epoch", "best", "epochs_run", "stopped_early", "steps", "wall_time_s",
                                         "device", "model", "data")}
 
@@ -362,8 +387,35 @@ def evaluate_job(params_file: str) -> dict:
     from s4d.train.evaluate import evaluate
 
     params = load_resolved(params_file)
-    report = evaluate(params, Path("artifacts/finetune/model.pt"), Path("artifacts/eval"))
-    return report
+    checkpoint, out = Path("artifacts/finetune/model.pt"), Path("artifacts/eval")
+    if params.finetune.nproc_per_node > 1:  # the test views split over N processes, as the stage command does
+        run_launched("s4d.train.evaluate", params_file, params.finetune.nproc_per_node, "--checkpoint",
+                     str(checkpoint), "--out", str(out))
+        return read_json(out / "metrics.json", {})
+    return evaluate(params, checkpoint, out)
+
+
+@task(name="folds", **TASK_OPTIONS)
+def folds_job(params_file: str, folds: list[int]) -> dict:
+    """The k-fold protocol (DFEW, MAFW): the fold runner, `python -m s4d.train.folds` (per fold prepare ->
+    finetune -> evaluate, each stage through the launcher; finished folds kept, a retry resumes), its output
+    into the run's log. Returns artifacts/folds/summary.json (per-fold metrics, mean and std)."""
+    from s4d.train.folds import parse_folds
+
+    try:
+        folds = parse_folds(",".join(str(f) for f in folds))
+    except Exception as e:  # noqa: BLE001 - argparse's type error: a bad request, never retried
+        raise InputError(f"folds: {e}") from None
+    logger = get_run_logger()
+    out = Path("artifacts/folds")
+    cmd = [sys.executable, "-m", "s4d.train.folds", "--folds", ",".join(map(str, folds)), "--out", str(out),
+           "--params", params_file]
+    logger.info(f"running: {' '.join(cmd)}")
+    code, tail = stream_process(cmd, logger, "[folds]", env=child_env())
+    if code != 0:
+        raise StageFailed(f"the fold runner exited with status {code}: {' '.join(cmd)}\nlast output:\n"
+                          + "\n".join(tail[-15:]))
+    return read_json(out / "summary.json", {})
 
 
 @task(name="gate", **TASK_OPTIONS)
@@ -464,12 +516,15 @@ def publish_record(record: dict) -> None:
 def retrain(dataset: str = "synthetic", profile: str = "tiny", overrides: Optional[list[str]] = None,
             nproc_per_node: int = 1, params_file: str = "params.yaml", retries: int = 2,
             retry_delay_seconds: float = 10.0, reuse_pretrain: bool = True, build_bento: bool = True,
-            hostfile: str = "") -> dict | State:
+            hostfile: str = "", folds: Optional[list[int]] = None) -> dict | State:
     """Retrain on `dataset` (a preset name: synthetic, folder, dfew), gate, and promote when it passes.
 
     overrides: params.yaml `key=value` strings (gate.* included); nproc_per_node: pretraining processes;
     hostfile: run pretraining with the DeepSpeed launcher across the hosts listed there instead;
     retries / retry_delay_seconds: for transient task failures.
+    folds: run the k-fold protocol instead (e.g. [1, 2, 3, 4, 5] for DFEW / MAFW) through the fold runner
+    (s4d.train.folds): per-fold metrics and mean +- std in artifacts/folds/summary.json; nothing is gated or
+    promoted (five models are a report, not a candidate).
     Returns the run record; when the gate refuses the candidate, a Failed state named "NotPromoted" carrying it.
     """
     logger = get_run_logger()
@@ -489,6 +544,10 @@ def retrain(dataset: str = "synthetic", profile: str = "tiny", overrides: Option
             record["validation"] = validate_data.with_options(**opts)(pf)
             pre = pretrain_job.with_options(**opts)(pf, nproc_per_node, reuse_pretrain, hostfile)
             record["pretrain"] = pre
+            if folds:
+                record["folds"] = folds_job.with_options(**opts)(pf, list(folds))
+                record["status"] = "completed: folds"
+                return record
             record["finetune"] = finetune_job.with_options(**opts)(pf, pre["model_sha256"])
             metrics = evaluate_job.with_options(**opts)(pf)
             record["metrics"] = {t: {k: metrics[t][k] for k in ("uar", "war", "n", "per_class_recall")}
@@ -530,10 +589,12 @@ if __name__ == "__main__":
     ap.add_argument("--profile", default="tiny")
     ap.add_argument("--nproc-per-node", type=int, default=1)
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--folds", default="", help="run the k-fold protocol through s4d.train.folds, e.g. 1,2,3,4,5")
     ap.add_argument("overrides", nargs="*", metavar="key=value")
     a = ap.parse_args()
     state = retrain(dataset=a.dataset, profile=a.profile, overrides=a.overrides, nproc_per_node=a.nproc_per_node,
-                    build_bento=not a.no_build, return_state=True)
+                    build_bento=not a.no_build, folds=[int(f) for f in a.folds.split(",") if f.strip()] or None,
+                    return_state=True)
     if not state.is_completed():
         print(f"retrain finished in state {state.name}: {state.message}", file=sys.stderr)
     sys.exit(0 if state.is_completed() else 1)

@@ -27,8 +27,9 @@ ENV = {"OMP_NUM_THREADS": "1"}
 
 
 def grid(project, *args):
+    # Every job is its own launched stage process (s4d.train.launch): 10 of them in the first invocation.
     done = run_module("s4d.experiments.grid", "--arms", *ARMS, "--seeds", str(len(SEEDS)), *args, *MICRO_GRID,
-                      cwd=project, env=ENV)
+                      cwd=project, env=ENV, timeout=1200)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return done.stdout
 
@@ -109,9 +110,10 @@ def test_a_second_invocation_trains_nothing_and_changed_params_redo_only_what_th
     # Other fine-tuning params: the run is stale and redone, its pretraining (unaffected) is reused; the
     # video-only pretraining of the new arm is trained on video steps alone.
     changed = run_module("s4d.experiments.grid", "--arms", "pre_video", "ft_s4d", "--seeds", "1", *MICRO_GRID,
-                         "finetune.label_smoothing=0.2", cwd=root, env=ENV)
+                         "finetune.label_smoothing=0.2", cwd=root, env=ENV, timeout=1200)
     assert changed.returncode == 0, changed.stderr[-3000:]
     assert trained(changed.stdout) == (1, 2, 0, 0)
+    assert "ft_s4d seed0: the record is from other inputs (finetune.label_smoothing: 0.1 -> 0.2)" in changed.stdout
     pretrained = root / "experiments/pretrain/dual/seed0/model.pt"
     assert pretrained.stat().st_mtime_ns == before[pretrained]
     assert "finetune.label_smoothing=0.2" in record(root, "ft_s4d", 0)["overrides"]
@@ -180,7 +182,7 @@ def test_two_shard_processes_make_the_shared_pretraining_once(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-m", "s4d.experiments.grid", "--arms", *ARMS, "--seeds", "1",
                                "--shard", f"{k}/2", *MICRO_GRID], cwd=tmp_path, env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for k in (1, 2)]
-    outs = [p.communicate(timeout=300) for p in procs]
+    outs = [p.communicate(timeout=1200) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, out[-2000:] + err[-3000:]
     counts = [trained(out) for out, _ in outs]

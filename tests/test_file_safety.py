@@ -30,7 +30,7 @@ PRETRAIN = MICRO_MODEL + ["pretrain.batch_size=8", "pretrain.image_batch_size=16
                           "pretrain.checkpoint_every=2", "pretrain.keep_last=2", "pretrain.base_lr=0.2",
                           "pretrain.zero_stage=2"]
 ENV = {"OMP_NUM_THREADS": "1"}
-KILL_AT_4 = {**ENV, "S4D_TEST_KILL_AFTER_CHECKPOINT": "4"}
+KILL_AT_4 = {**ENV, "S4D_STEP_HOOK": "4:kill"}  # after step 4 and its checkpoint
 
 
 def pretrain(project: Path, *extra: str, env: dict = ENV):

@@ -136,7 +136,7 @@ def test_kill_9_and_restart_gives_bit_identical_weights(project, one_rank):
 
     changed = finetune_cmd(project, "killed", "finetune.base_lr=0.05")
     assert changed.returncode == 2
-    assert "finetune.base_lr (0.032 -> 0.05)" in changed.stderr and "Traceback" not in changed.stderr
+    assert "finetune.base_lr: 0.032 -> 0.05" in changed.stderr and "Traceback" not in changed.stderr
 
     proc = finetune_cmd(project, "killed")
     assert proc.returncode == 0, proc.stderr
@@ -251,6 +251,7 @@ def test_two_nodes_on_loopback_lose_a_node_exit_named_and_resume_exactly(project
     assert time.time() - lost < 60
     assert node0.returncode == 1, err
     assert "rank 0 of 2 (node 0): a collective failed, another rank was lost" in err
+    assert "lost: rank 1 (node 1) did not answer" in err  # the lost rank is named, not only the survivor
     assert "launch: node 0: rank 0" in err
     assert not survivors(node0_workers)
 
@@ -265,10 +266,33 @@ def test_two_nodes_on_loopback_lose_a_node_exit_named_and_resume_exactly(project
     pd.testing.assert_frame_equal(val_log(two_ranks), val_log(project / "nodes"))
 
 
-def test_pretraining_with_nproc_2_runs_under_the_launcher(project):
-    """`pretrain.nproc_per_node=2` makes the plain stage command a launcher of 2 DeepSpeed ranks."""
-    proc = run_module("s4d.train.pretrain", *MICRO_MODEL, "pretrain.nproc_per_node=2", "pretrain.epochs=1",
-                      "pretrain.batch_size=4", "pretrain.image_batch_size=8", cwd=project, timeout=400)
+def test_pretraining_with_nproc_2_runs_under_the_launcher_checkpoints_on_sigterm_and_resumes(project):
+    """`pretrain.nproc_per_node=2` makes the plain stage command a launcher of 2 DeepSpeed ranks. A SIGTERM to
+    it while rank 0 waits after step 1 (no checkpoint due there) writes a checkpoint of step 1 and stops
+    every worker (exit 143); the same command resumes from step 1 and finishes."""
+    args = [*MICRO_MODEL, "pretrain.nproc_per_node=2", "pretrain.epochs=1", "pretrain.batch_size=4",
+            "pretrain.image_batch_size=8", "pretrain.checkpoint_every=100"]
+    hook = project / "pretrain.paused"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "S4D_STEP_HOOK": "1:pause", "S4D_HOOK_FILE": str(hook)}
+    launcher = subprocess.Popen([sys.executable, "-m", "s4d.train.pretrain", *args], cwd=project, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not hook.exists():
+        assert launcher.poll() is None, launcher.communicate()
+        assert time.time() < deadline, "the run never reached the hook"
+        time.sleep(0.2)
+    workers = descendants(launcher.pid)
+    launcher.send_signal(signal.SIGTERM)
+    _, err = launcher.communicate(timeout=120)
+    assert launcher.returncode == 128 + signal.SIGTERM, err
+    assert "pretraining stopped by SIGTERM at step 1 of" in err
+    ckpt = project / "artifacts" / "pretrain" / "checkpoints"
+    assert (ckpt / "latest").read_text().strip() == "step_00000001"
+    assert not (project / "artifacts" / "pretrain" / "model.pt").exists()
+    assert not survivors(workers)
+
+    proc = run_module("s4d.train.pretrain", *args, cwd=project, timeout=400)
     assert proc.returncode == 0, proc.stderr
+    assert "resuming from step 1 of" in proc.stdout
     summary = json.loads((project / "artifacts" / "pretrain" / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["steps"] > 0
+    assert summary["world_size"] == 2 and summary["steps"] > 1 and summary["steps_this_run"] == summary["steps"] - 1

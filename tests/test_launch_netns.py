@@ -68,4 +68,7 @@ def test_a_cut_link_ends_both_nodes_within_the_timeout(tmp_path, two_namespaces)
     assert [n.returncode for n in nodes] == [1, 1], outs
     for rank, (_, err) in enumerate(outs):
         assert f"rank {rank} of 2 (node {rank}): a collective failed" in err
+    lines = [line for _, err in outs for line in err.splitlines() if "a collective failed" in line]
+    assert "lost: rank 1 (node 1) did not answer" in outs[0][1], lines  # node 0 names the node it lost
+    assert "node 0 (rank 0, the rendezvous host 10.217.0.1:29517) cannot be reached" in outs[1][1]
     print(f"both nodes ended {elapsed:.1f} s after the cut (launch.timeout_s={TIMEOUT_S})")

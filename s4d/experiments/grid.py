@@ -22,8 +22,12 @@ Pretraining is shared per (kind, seed). A run whose record exists and was made f
 and pretraining (its `key`) is skipped, so re-running the command continues where it stopped; a record
 with another key (params.yaml, the budget or the data changed) is redone.
 
-Everything runs in this process, one job after the other: pretrain() (DeepSpeed, one rank), finetune(),
-evaluate(). To use more cores, start N processes with `--shard 1/N` ... `--shard N/N` (each, say, with
+Each job is its stage command run through the project's launcher (s4d.train.launch), one after the
+other: `s4d.train.pretrain --out experiments/pretrain/...`, `s4d.train.finetune`, `s4d.train.evaluate`, with
+pretrain.nproc_per_node / finetune.nproc_per_node processes each (1 by default). A SIGTERM to the grid
+reaches the running job as it does through any launcher (it checkpoints and stops; the grid exits 143).
+A run's `key` is s4d.train.inputs' rule (settings without performance knobs, data, code, start checkpoint).
+To use more cores, start N processes with `--shard 1/N` ... `--shard N/N` (each, say, with
 OMP_NUM_THREADS=1) at the same time: the runs to train are dealt to the shards by their expected cost (a
 joint fine-tune counts 4/3 of a video-only one), a copied record goes with the run it copies, and a
 pretraining that two shards need is made by whichever gets its lock first.
@@ -35,9 +39,7 @@ Outputs:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -50,6 +52,8 @@ from typing import Callable, Iterator
 from s4d.config import ConfigError, Params, load_params, to_dict
 from s4d.io import read_json, write_json
 from s4d.locks import file_lock
+from s4d.train.inputs import (InputsError, changed_inputs, data_digest, init_digest, inputs_key,
+                              stage_inputs)
 
 EXPERIMENTS = Path("experiments")
 PRETRAIN_DIR = EXPERIMENTS / "pretrain"
@@ -137,11 +141,12 @@ class Run:
     overrides: list[str]
     params: Params
     dir: Path
-    key: str  # resolved params, data_fingerprint and the pretraining it starts from
+    key: str  # inputs_key(inputs)
     pretrain: PretrainJob | None
     init: str  # what the fine-tune starts from: "pretrain:<kind>", "scratch" or a checkpoint path
     same_as: Run | None = None  # an earlier arm with identical params: its record is reused
     requested: bool = True  # False: in the plan only because a requested arm is the same run
+    inputs: dict | None = None  # run_inputs: what the record depends on (kept in it, to name what changed)
 
 
 @dataclass
@@ -175,45 +180,33 @@ def check_prepared(params: Params) -> None:
                         f"(or `s4d generate && s4d prepare`) first")
 
 
-def digest(*parts: str) -> str:
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
-
-
 def data_fingerprint(params: Params) -> str:
-    """The prepared manifests and the size of every file of every sample they list (each frame of a frame
-    folder). Sizes, not modification times: re-rendering the same embedded data (`make grid` runs
-    `s4d generate`) must not invalidate the grid; other data (other pixels: other JPEG sizes) does."""
-    from s4d.data.manifest import read_manifest
-    from s4d.data.prepare import pool_manifests
-
-    h = hashlib.sha256()
-    prepared = Path(params.data.prepared_dir)
-    for manifest in [prepared / "dynamic.csv", prepared / "static.csv", *pool_manifests(prepared)]:
-        h.update(manifest.read_bytes())
-        for path in map(Path, read_manifest(manifest)["path"]):
-            try:
-                for file in sorted(path.iterdir()) if path.is_dir() else [path]:
-                    h.update(f"{file.name}:{file.stat().st_size}\n".encode())
-            except FileNotFoundError:
-                raise GridError(f"{path}, listed in {manifest}, does not exist: prepare again") from None
-    return h.hexdigest()[:16]
+    """s4d.train.inputs' data rule (manifests and sample sizes, not modification times: re-rendering the
+    same embedded data, as `make grid` does, keeps the grid's results)."""
+    try:
+        return data_digest(params)
+    except InputsError as e:
+        raise GridError(str(e)) from None
 
 
 def init_fingerprint(init: str) -> str:
-    """'scratch' as it is (the key stays what it was for scratch runs); a checkpoint file by its contents."""
-    from s4d.registry import sha256_file
-
-    if init == "scratch":
-        return init
-    if not Path(init).is_file():
-        raise GridError(f"finetune.init {init!r}: no such checkpoint file (expected pretrain, scratch or a file)")
-    return sha256_file(init)[:16]
+    """'scratch' as it is; a checkpoint file by its contents."""
+    try:
+        return init_digest(init)
+    except InputsError:
+        raise GridError(f"finetune.init {init!r}: no such checkpoint file (expected pretrain, scratch or a file)") \
+            from None
 
 
 def pretrain_key(params: Params, data_key: str) -> str:
-    """What a pretraining's output depends on: the model, pretraining and data settings, and the data."""
-    settings = {"model": to_dict(params.model), "pretrain": to_dict(params.pretrain), "data": to_dict(params.data)}
-    return digest(json.dumps(settings, sort_keys=True), data_key)
+    """What a pretraining's output depends on: s4d.train.inputs' rule."""
+    return inputs_key(stage_inputs(params, "pretrain", world_size=params.pretrain.nproc_per_node, data=data_key))
+
+
+def run_inputs(params: Params, data_key: str, init_key: str) -> dict:
+    """What a run's record depends on: s4d.train.inputs' rule for fine-tuning + evaluation, its start named
+    by `init_key` (a pretraining of this grid by its own key: its model.pt may not exist yet)."""
+    return stage_inputs(params, "evaluate", world_size=params.finetune.nproc_per_node, data=data_key, init=init_key)
 
 
 def build_plan(params_file: str = "params.yaml", arms: list[str] | None = None, seeds: int = DEFAULT_SEEDS,
@@ -263,9 +256,9 @@ def build_plan(params_file: str = "params.yaml", arms: list[str] | None = None, 
             init = f"pretrain:{job.kind}" if job else params.finetune.init
             if job is None and init not in init_keys:
                 init_keys[init] = init_fingerprint(init)
-            key = digest(resolved, data_key, job.key if job else init_keys[init])
-            run = Run(arm, seed, ovr, params, RUNS_DIR / arm.name / f"seed{seed}", key, job, init,
-                      same_as=by_params.get(resolved), requested=arm.name in requested)
+            inputs = run_inputs(params, data_key, f"pretrain:{job.key}" if job else init_keys[init])
+            run = Run(arm, seed, ovr, params, RUNS_DIR / arm.name / f"seed{seed}", inputs_key(inputs), job, init,
+                      same_as=by_params.get(resolved), requested=arm.name in requested, inputs=inputs)
             by_params.setdefault(resolved, run)
             runs.append(run)
     needed = {id(r.same_as) for r in runs if r.requested and r.same_as is not None}
@@ -327,32 +320,28 @@ def pretrain_lock(job: PretrainJob) -> Iterator[None]:
 
 
 # -------------------------------------------------------------------------------------------- execute
-@contextmanager
-def rendezvous_restored() -> Iterator[None]:
-    """pretrain() runs DeepSpeed in this process, as a one-process group whose rendezvous variables
-    init_distributed sets; they are put back afterwards so that a subprocess started later does not take
-    them for a launcher's. The group itself stays up for the life of the process: DeepSpeed caches its
-    groups, and a second deepspeed.initialize after destroy_process_group fails."""
-    keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "DS_ACCELERATOR")
-    saved = {k: os.environ.get(k) for k in keys}
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+class JobFailed(RuntimeError):
+    """A stage command of the grid exited non-zero (it printed its reason); args: (message, exit status)."""
 
 
-def run_pretraining(job: PretrainJob) -> dict:
-    from s4d.train.pretrain import pretrain
+def run_job(module: str, args: list[str], nproc: int, params: Params, what: str) -> None:
+    """One stage command through the project's launcher (s4d.train.launch), as every caller runs them, with
+    nproc processes; a SIGTERM to the grid is passed on to it."""
+    from s4d.train.launch import relaunch
+
+    code = relaunch(module, args, nproc, params.launch)
+    if code:
+        raise JobFailed(f"{what}: python -m {module} exited with status {code}", code)
+
+
+def run_pretraining(job: PretrainJob, plan: Plan) -> dict:
+    from s4d.train.metrics import write_json
 
     started = time.time()
-    with rendezvous_restored():
-        summary = pretrain(job.params, job.dir)
+    run_job("s4d.train.pretrain", ["--params", plan.params_file, *job.overrides, "--out", str(job.dir)],
+            job.params.pretrain.nproc_per_node, job.params, f"pretraining {job.kind} seed{job.seed}")
     stamp = {"kind": job.kind, "seed": job.seed, "overrides": job.overrides, "key": job.key,
-             "seconds": round(time.time() - started, 1), "summary": summary}
+             "seconds": round(time.time() - started, 1), "summary": read_json(job.dir / "summary.json")}
     write_json(job.dir / PRETRAIN_STAMP, stamp)
     # The checkpoints only serve to resume an interrupted pretraining; model.pt is the product.
     shutil.rmtree(job.dir / "checkpoints", ignore_errors=True)
@@ -366,19 +355,22 @@ def task_result(metrics: dict | None) -> dict | None:
 
 
 def train_and_evaluate(run: Run, plan: Plan) -> dict:
-    from s4d.train.evaluate import evaluate
-    from s4d.train.finetune import finetune
-
     tick = time.time()
-    summary = finetune(run.params, run.dir / "finetune")
+    args, nproc = ["--params", plan.params_file, *run.overrides], run.params.finetune.nproc_per_node
+    name = f"{run.arm.name} seed{run.seed}"
+    run_job("s4d.train.finetune", [*args, "--out", str(run.dir / "finetune")], nproc, run.params,
+            f"{name}: fine-tuning")
+    summary = read_json(run.dir / "finetune" / "summary.json")
     tuned = time.time()
-    metrics = evaluate(run.params, checkpoint=run.dir / "finetune" / "model.pt", out_dir=run.dir / "eval")
+    run_job("s4d.train.evaluate", [*args, "--checkpoint", str(run.dir / "finetune" / "model.pt"), "--out",
+                                   str(run.dir / "eval")], nproc, run.params, f"{name}: evaluation")
+    metrics = read_json(run.dir / "eval" / "metrics.json")
     done = time.time()
     stamp = read_json(run.pretrain.dir / PRETRAIN_STAMP, None) if run.pretrain else None
     return {
         "arm": run.arm.name, "study": run.arm.study, "label": run.arm.label, "seed": run.seed,
         "budget": plan.budget, "params_file": plan.params_file, "overrides": run.overrides, "key": run.key,
-        "same_as": None,
+        "same_as": None, "inputs": run.inputs,
         "init": run.init,
         "pretrain": None if run.pretrain is None else {
             "kind": run.pretrain.kind, "dir": str(run.pretrain.dir),
@@ -417,7 +409,9 @@ def execute(plan: Plan, log: Callable[[str], None] = say, shard: tuple[int, int]
             continue
         tick = time.time()
         if state == "stale":
-            log(f"{head}: the record is from other params, data or pretraining; redoing the run")
+            saved = (read_json(run.dir / RESULT) or {}).get("inputs")
+            changed = "; ".join(changed_inputs(saved, run.inputs or {})[:4]) if saved else "a record without them"
+            log(f"{head}: the record is from other inputs ({changed}); redoing the run")
         if run.same_as is not None:
             owner = read_json(run.same_as.dir / RESULT, None)
             if owner is None or owner.get("key") != run.key:
@@ -433,7 +427,7 @@ def execute(plan: Plan, log: Callable[[str], None] = say, shard: tuple[int, int]
             with pretrain_lock(job):
                 if not pretrain_cached(job):  # another shard may have made it while this one waited
                     log(f"{head}: pretraining {job.kind} seed{job.seed} -> {job.dir}")
-                    stamp = run_pretraining(job)
+                    stamp = run_pretraining(job, plan)
                     counts.pretrained += 1
                     log(f"{head}: pretraining {job.kind} done in {stamp['seconds']:.1f} s")
         log(f"{head}: fine-tune + evaluate -> {run.dir}")
@@ -502,15 +496,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(describe(plan))
         return 0
-    from s4d.models.checkpoint import CheckpointError
-    from s4d.train.evaluate import EvaluateError
-    from s4d.train.finetune import FinetuneError
-
     try:
         execute(plan, shard=shard)
-    except (FinetuneError, EvaluateError, CheckpointError, FileNotFoundError) as e:  # data or params, not a bug
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except JobFailed as e:  # the stage has said why; 143: stopped by a signal, resumable by the same command
+        message, code = e.args
+        print(f"error: {message}", file=sys.stderr)
+        return 143 if code == 143 else 1
     return 0
 
 

@@ -18,7 +18,6 @@ import argparse
 import math
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F

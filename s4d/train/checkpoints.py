@@ -4,10 +4,9 @@
   folder's `.s4d-own.json`; cleaning goes entry by entry through that list, so a foreign file in the folder
   (a mount point on a bigger disk, a symlinked folder shared with other tools) is never touched, and the
   folder itself is never removed.
-- A changed configuration never destroys a resumable run: `run_settings` keeps the settings that change
-  the result (model, data, optimisation, world size) apart from performance knobs (loader workers,
-  checkpoint cadence), and `settings_diff` names the keys that differ. Starting fresh moves the old run
-  aside (`move_aside`) rather than deleting it.
+- A changed configuration never destroys a resumable run: s4d.train.inputs tells the settings that change
+  the result apart from performance knobs and names the keys that differ (`refusal` words the message).
+  Starting fresh moves the old run aside (`move_aside`) rather than deleting it.
 - Outputs are written to a staging folder inside the output folder (same file system) and swapped in by
   rename when the run finished (`staging_dir`, `commit_outputs`).
 - A full disk while writing a checkpoint is reported as "no space left on <path> while writing checkpoint
@@ -21,17 +20,12 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
-from s4d.config import Params, to_dict
 from s4d.io import write_json
 
 OWN_LIST = ".s4d-own.json"
 STAGING_PREFIX = ".partial-"
 ASIDE_PREFIX = "previous-"
-# Settings that change speed or bookkeeping, never the numbers a run produces: they may differ on resume.
-PERFORMANCE_KNOBS = ("data.workers", "data.prepared_dir", "pretrain.nproc_per_node", "pretrain.checkpoint_every",
-                     "pretrain.keep_last")
 
 
 class ResumeRefused(RuntimeError):
@@ -118,34 +112,6 @@ def move_aside(folder: Path) -> Path | None:
     return aside
 
 
-# ------------------------------------------------------------------------------------ settings
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
-    if not isinstance(tree, dict):
-        return {prefix.rstrip("."): tree}
-    out = {}
-    for key, value in tree.items():
-        out.update(flatten(value, f"{prefix}{key}."))
-    return out
-
-
-def run_settings(params: Params, sections: tuple[str, ...], **extra: Any) -> dict[str, Any]:
-    """The flat settings a checkpoint must match to be resumed: the profile's model and the named params
-    sections minus PERFORMANCE_KNOBS, plus `extra` (world size, data and layout digests)."""
-    tree = {"model": to_dict(params.model)} | {s: to_dict(getattr(params, s)) for s in sections}
-    flat = {k: v for k, v in flatten(tree).items() if k not in PERFORMANCE_KNOBS}
-    return flat | extra
-
-
-def settings_diff(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """`key: saved -> now` for every key whose value differs (a key on one side only counts)."""
-    missing = object()
-    lines = []
-    for key in sorted(set(saved) | set(now)):
-        a, b = saved.get(key, missing), now.get(key, missing)
-        if a != b:
-            lines.append(f"{key}: {'(absent)' if a is missing else a!r} -> {'(absent)' if b is missing else b!r}")
-    return lines
 
 
 def refusal(folder: Path, step: int, diff: list[str], fresh_hint: str) -> ResumeRefused:

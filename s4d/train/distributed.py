@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from datetime import timedelta
 
 import torch
@@ -148,6 +150,33 @@ def stop_signal() -> int:
     return _stop["signal"]
 
 
+def step_hook(step: int) -> None:
+    """The one test hook of the training loops (pretraining and fine-tuning), so that kill / stop tests act
+    at a chosen step instead of racing a timer. Both loops call it after step N and after the checkpoint
+    that step is due for, before they check for a stop request:
+      S4D_STEP_HOOK=N:kill[:RANK]   SIGKILL to this process (rank RANK, default 0) there: the last
+                                    checkpoint is the latest at or before step N
+      S4D_STEP_HOOK=N:pause[:RANK]  write this pid to the file S4D_HOOK_FILE and wait until a signal asks
+                                    the process to stop (it then stops at step N) or the file is removed"""
+    spec = os.environ.get("S4D_STEP_HOOK")
+    if not spec:
+        return
+    at, action, *who = spec.split(":")
+    if int(at) != step or int(who[0] if who else 0) != rank():
+        return
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "pause":
+        from s4d.io import write_text
+
+        marker = Path(os.environ["S4D_HOOK_FILE"])
+        write_text(marker, f"{os.getpid()}\n")
+        while not stop_signal() and marker.exists():
+            time.sleep(0.05)
+    else:
+        raise ValueError(f"S4D_STEP_HOOK={spec!r}: the action must be kill or pause")
+
+
 def stop_requested() -> int:
     """The signal that asked any rank to stop (0: none). Collective, so that every rank stops at the same
     step: one rank's SIGTERM (its node's launcher was stopped) stops the whole job."""
@@ -165,6 +194,41 @@ def is_collective_failure(error: BaseException) -> bool:
     return isinstance(error, tdist.DistError) or any(
         word in text for word in ("gloo", "Gloo", "NCCL", "Connection closed", "Connection reset", "Timed out",
                                   "timed out", "Socket Timeout", "TCPStore"))
+
+
+def unanswered_ranks(window_s: float = 3.0) -> list[int] | None:
+    """After a failed collective: the ranks that are gone, as far as the rendezvous store can tell, or None
+    when the store (it lives in rank 0's process, on node 0) cannot be reached itself.
+
+    Every rank whose collective failed announces itself in the store, then waits up to `window_s` for the
+    others (rank 0 twice as long, so that it keeps serving the store while the others read it); the ranks
+    that never announced are the lost ones: a vanished peer fails every survivor at once, a cut link fails
+    them at the same timeout. Bounded: about window_s (2 x window_s on rank 0) plus a connect timeout."""
+    me, world = rank_from_env(), int(os.environ.get("WORLD_SIZE", 1))
+    # Rank 0 serves the store (on every interface): it reaches it over loopback even when the link that
+    # carries MASTER_ADDR is gone.
+    host = "127.0.0.1" if me == 0 else os.environ.get("MASTER_ADDR", "")
+    try:
+        store = tdist.TCPStore(host, int(os.environ["MASTER_PORT"]), is_master=False,
+                               timeout=timedelta(seconds=window_s), wait_for_workers=False)
+        store.set(f"s4d_alive/{me}", "1")
+    except (RuntimeError, KeyError, ValueError, OSError):
+        return None
+    deadline = time.monotonic() + window_s * (2 if me == 0 else 1)
+    seen = {me}
+    while True:
+        try:
+            seen |= {r for r in range(world) if r not in seen and store.check([f"s4d_alive/{r}"])}
+        except (RuntimeError, OSError):
+            break  # the store went away meanwhile: report what was seen
+        if len(seen) == world or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    return sorted(set(range(world)) - seen)
+
+
+def rank_from_env() -> int:
+    return int(os.environ.get("RANK", 0))
 
 
 def use_bf16(precision: str) -> bool:

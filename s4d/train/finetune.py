@@ -11,6 +11,10 @@ The model is selected on the VALIDATION split of the dynamic manifest (carved fr
 `data.val_fraction` when the dataset has none). Test rows are dropped before anything else: no dataset is
 ever built from them here.
 
+Data parallel is DDP-style, not DeepSpeed (the model and its AdamW state fit one device at every profile
+here): each rank holds the whole model, gradients are all-reduced after the step's chunks (gradient
+accumulation through `finetune.micro_batch`), so N ranks reproduce one process to float tolerance.
+
 Outputs (in `out_dir`): model.pt (best epoch), train_log.csv (per step), val_log.csv (per epoch),
 expert_load.csv (per epoch, task, MoAE layer and expert), curves.png, init_report.txt, summary.json.
 """
@@ -51,7 +55,8 @@ from s4d.models.checkpoint import CheckpointError, init_classifier, save_checkpo
 from s4d.models.classifier import S4DClassifier
 from s4d.train.checkpoints import OutOfSpace, commit_outputs, out_of_space, staging_dir
 from s4d.train.distributed import (Stopped, all_reduce_sum, barrier, broadcast_object, gather_objects, rank,
-                                   stop_requested, stop_signal, use_bf16, world_size)
+                                   step_hook, stop_requested, use_bf16, world_size)
+from s4d.train.inputs import InputsError, changed_inputs, stage_inputs
 from s4d.train.launch import relaunch, run_worker, under_launcher
 from s4d.train.metrics import class_names, classification_metrics
 
@@ -397,53 +402,16 @@ def sharded_predict(model: S4DClassifier, dataset: Dataset, batch_size: int, wor
 
 
 # ------------------------------------------------------------------------------------------ resume
-def run_inputs(params: Params, model: S4DClassifier, world: int, rows: list[pd.DataFrame]) -> dict:
-    """What a resumable checkpoint must match, as flat `key: value` pairs named like params.yaml keys: the
-    model, the fine-tuning settings (not the process count, checkpoint cadence or loader workers: they do
-    not change the result), the micro-batch cut (it decides the random draws), the model's state-dict
-    layout, the init checkpoint and the data it reads (`rows`: the train and val rows, and the size and
-    mtime of each of their samples; test rows are never looked at here).
-
-    Fine-tuning's resume is the cache this rule serves; DVC decides when the stage re-runs."""
-    ft = to_dict(params.finetune)
-    for key in ("nproc_per_node", "checkpoint_every", "keep_last"):
-        ft.pop(key)
-    ft["micro_batch"] = params.finetune.micro_batch or f"0 (batch / {world} ranks)"
-    data = params.data
-    digest = hashlib.sha256()
-    for table in rows:
-        digest.update(table.to_csv(index=False).encode())
-        for path in table["path"]:
-            stat = os.stat(DATA_ROOT / path)
-            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
-    init = params.finetune.init
-    init_path = PRETRAIN_CHECKPOINT if init == "pretrain" else Path(init)
-    inputs = {"profile": params.profile, "data.frame_stride": data.frame_stride, "data.transforms": data.transforms,
-              "data.balanced_sampling": data.balanced_sampling, "data.val_fraction": data.val_fraction,
-              "data (train and val rows and samples)": digest.hexdigest()[:16],
-              "finetune.init (file size and mtime)": (f"{init_path.stat().st_size}:{init_path.stat().st_mtime_ns}"
-                                                      if init != "scratch" and init_path.is_file() else init),
-              "model layout": hashlib.sha256(json.dumps(
-                  [[n, list(t.shape)] for n, t in model.state_dict().items()]).encode()).hexdigest()[:16]}
-    inputs |= {f"finetune.{k}": v for k, v in ft.items()}
-    inputs |= {f"models.{params.profile}.{k}": v for k, v in flatten(to_dict(params.model)).items()}
-    return inputs
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out |= flatten(v, f"{prefix}{k}.")
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def changed_inputs(saved: dict, now: dict) -> list[str]:
-    """`key (saved -> now)` for every input that differs."""
-    return [f"{k} ({saved.get(k, 'absent')!r} -> {now.get(k, 'absent')!r})"
-            for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+def run_inputs(params: Params, model: S4DClassifier, world: int) -> dict:
+    """What a resumable checkpoint must match: the one rule of s4d.train.inputs (settings without the
+    performance knobs, the data, the code, the init checkpoint, the micro-batch cut) plus the model's
+    state-dict layout. Fine-tuning's resume is the cache this serves; DVC decides when the stage re-runs."""
+    layout = json.dumps([[n, list(t.shape)] for n, t in model.state_dict().items()])
+    try:
+        return stage_inputs(params, "finetune", world_size=world,
+                            **{"model layout": hashlib.sha256(layout.encode()).hexdigest()[:16]})
+    except InputsError as e:
+        raise FinetuneError(str(e)) from None
 
 
 def save_resume_state(ckpt_dir: Path, state: dict, keep_last: int) -> None:
@@ -517,25 +485,6 @@ def load_resume_state(ckpt_dir: Path, inputs: dict) -> dict | None:
     if error:
         raise FinetuneError(error)
     return state
-
-
-def step_hook(step: int) -> None:
-    """Test hook, so that kill/stop tests act at a chosen step instead of racing a timer:
-    S4D_STEP_HOOK=N:kill[:RANK] kills the process (SIGKILL) right after step N; N:pause[:RANK] writes its
-    pid to the file S4D_HOOK_FILE and waits there until a signal asks it to stop or the file is removed."""
-    spec = os.environ.get("S4D_STEP_HOOK")
-    if not spec:
-        return
-    at, action, *who = spec.split(":")
-    if int(at) != step or int(who[0] if who else 0) != rank():
-        return
-    if action == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    elif action == "pause":
-        marker = Path(os.environ["S4D_HOOK_FILE"])
-        write_text(marker, f"{os.getpid()}\n")
-        while not stop_signal() and marker.exists():
-            time.sleep(0.05)
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -622,7 +571,7 @@ def finetune(params: Params, out_dir: Path = Path("artifacts/finetune")) -> dict
 
     # -------- resume
     ckpt_dir = final_dir / "checkpoints"  # stable across restarts, unlike the staging folder
-    inputs = run_inputs(params, model, world, [*train_rows.values(), *val_rows.values()])
+    inputs = run_inputs(params, model, world)
     state = load_resume_state(ckpt_dir, inputs)
     step, epochs_done, stale = 0, 0, 0
     best = {"metric": -math.inf, "epoch": 0, "val": None}
@@ -739,11 +688,13 @@ def finetune(params: Params, out_dir: Path = Path("artifacts/finetune")) -> dict
                     step_log.writerow(row)
                     log_file.flush()
                 bar.set_postfix(task=task[:3], loss=f"{row['loss']:.3f}")
+                if step % ft.checkpoint_every == 0:
+                    checkpoint()
                 step_hook(step)
                 signum = stop_requested()
-                if signum or step % ft.checkpoint_every == 0:
-                    checkpoint()
                 if signum:
+                    if step % ft.checkpoint_every:
+                        checkpoint()
                     raise Stopped(f"stopped by {signal.Signals(signum).name} at step {step} of {total_steps}; "
                                   f"checkpoint written to {ckpt_dir}: run the same command to resume")
 

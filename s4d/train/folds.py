@@ -5,7 +5,8 @@
 For each fold k it runs the stage commands with `data.dynamic.fold=k` and the fold's own folders:
 prepare (OUT/fold_k/prepared), finetune (OUT/fold_k/finetune: data-parallel through s4d.train.launch when
 finetune.nproc_per_node > 1) and evaluate (OUT/fold_k/eval). A fold whose evaluation finished with the same
-params is skipped; an interrupted fine-tune resumes from its checkpoints. At the end OUT/folds/fold_k.json
+inputs is skipped (s4d.train.inputs: the one rule; knobs such as finetune.nproc_per_node or data.workers may
+change); an interrupted fine-tune resumes from its checkpoints. At the end OUT/folds/fold_k.json
 holds each fold's test metrics and OUT/summary.json their mean and std (UAR, WAR).
 """
 from __future__ import annotations
@@ -17,14 +18,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from s4d.config import Params, to_dict
+from s4d.config import Params
 from s4d.io import write_json
 from s4d.stage import load_stage_params
+from s4d.train.inputs import InputsError, changed_inputs, stage_inputs
 from s4d.train.metrics import fold_file, summarise_folds
-
-# Settings that change how a fold runs, not what it computes: a finished fold stays valid across them.
-RUN_SHAPE = ("finetune.nproc_per_node", "finetune.checkpoint_every", "finetune.keep_last", "data.workers",
-             "launch.timeout_s", "launch.grace_s", "launch.socket_ifname", "pretrain.nproc_per_node")
 
 
 class FoldError(RuntimeError):
@@ -35,13 +33,14 @@ def fold_overrides(out: Path, fold: int) -> list[str]:
     return [f"data.dynamic.fold={fold}", f"data.prepared_dir={out / f'fold_{fold}' / 'prepared'}"]
 
 
-def fold_inputs(params: Params) -> dict:
-    """The resolved params a finished fold is compared with, without the run-shape settings."""
-    resolved = to_dict(params)
-    for key in RUN_SHAPE:
-        section, name = key.split(".")
-        resolved[section].pop(name, None)
-    return resolved
+def fold_inputs(params: Params) -> dict | None:
+    """What a finished fold's metrics depend on: s4d.train.inputs' rule for fine-tuning + evaluation (the
+    settings without the performance knobs, the fold's prepared data, the code, the init checkpoint); None
+    while the fold's data is not prepared."""
+    try:
+        return stage_inputs(params, "evaluate")
+    except InputsError:
+        return None
 
 
 def run_stage(cmd: list[str], what: str) -> None:
@@ -71,9 +70,13 @@ def run_folds(params_file: str, overrides: list[str], folds: list[int], out: Pat
         fold_dir = out / f"fold_{fold}"
         stamp = fold_dir / "done.json"
         inputs = fold_inputs(params)
-        if stamp.is_file() and json.loads(stamp.read_text()) == inputs:
+        if inputs is not None and stamp.is_file() and json.loads(stamp.read_text()) == json.loads(json.dumps(inputs)):
             print(f"fold {fold}: done before with the same params, kept", flush=True)
         else:
+            if inputs is not None and stamp.is_file():
+                changed = changed_inputs(json.loads(stamp.read_text()), json.loads(json.dumps(inputs)))
+                print(f"fold {fold}: inputs changed since it was done ({'; '.join(changed[:4])}), running it again",
+                      flush=True)
             stamp.unlink(missing_ok=True)
             py = [sys.executable, "-m"]
             run_stage([*py, "s4d.data.prepare", *args], f"fold {fold}: prepare")
@@ -81,7 +84,7 @@ def run_folds(params_file: str, overrides: list[str], folds: list[int], out: Pat
                       f"fold {fold}: finetune")
             run_stage([*py, "s4d.train.evaluate", *args, "--checkpoint", str(fold_dir / "finetune" / "model.pt"),
                        "--out", str(fold_dir / "eval")], f"fold {fold}: evaluate")
-            write_json(stamp, inputs)
+            write_json(stamp, fold_inputs(params))
         metrics = json.loads((fold_dir / "eval" / "metrics.json").read_text())
         write_json(fold_file(out / "folds", fold), metrics)
     summary = summarise_folds(out / "folds", dataset)

@@ -13,7 +13,9 @@ SIGTERM when the launcher dies (PR_SET_PDEATHSIG). A SIGTERM / SIGINT to the lau
 training loops checkpoint at the next step and exit (`launch.grace_s` bounds it, then SIGKILL). When one
 worker fails, the launcher kills its other workers at once and exits naming the rank; the ranks on other
 nodes then fail their next collective within `launch.timeout_s` (a peer that vanished is noticed at once,
-a cut link at the timeout) and their launchers do the same. Restarting every launcher resumes from the last
+a cut link at the timeout) and their launchers do the same. Each rank whose collective failed names the
+lost ranks and nodes: those that do not answer in the rendezvous store within seconds (node 0 itself when
+that store, on rank 0, is out of reach). Restarting every launcher resumes from the last
 checkpoint, which rank 0 reads and sends to the others (no shared filesystem needed for resuming).
 
 Rendezvous: MASTER_ADDR:MASTER_PORT (rank 0's node). On machines whose hostname resolves to 127.0.0.1
@@ -33,7 +35,7 @@ import time
 from s4d.io import free_port
 from s4d.train.distributed import (TIMEOUT_ENV, Stopped, init_process_group, install_stop_handler,
                                    is_collective_failure, rank, restore_handlers, shutdown,
-                                   world_size)
+                                   unanswered_ranks, world_size)
 
 PR_SET_PDEATHSIG = 1
 DEFAULT_MASTER_PORT = 29500
@@ -154,10 +156,7 @@ def run_worker(work, report=None, user_errors: tuple = ()) -> int:
         return 143
     except Exception as e:  # noqa: BLE001 - only collective failures are explained here
         if world_size() > 1 and is_collective_failure(e):
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            print(f"rank {rank()} of {world_size()} (node {os.environ.get('NODE_RANK', 0)}): a collective "
-                  f"failed, another rank was lost or the link was cut ({first}); the last checkpoint is kept, "
-                  f"run the same command on every node to resume", file=sys.stderr, flush=True)
+            print(lost_peer_message(e), file=sys.stderr, flush=True)
             broken = True  # tearing down a broken group can block: leave it to the process exit
             return 1
         raise
@@ -165,6 +164,28 @@ def run_worker(work, report=None, user_errors: tuple = ()) -> int:
         restore_handlers(previous)
         if not broken:
             shutdown()
+
+
+def lost_peer_message(error: BaseException) -> str:
+    """The one line a rank prints when a collective failed: this rank, and the rank(s) and node(s) that were
+    lost (the ones that did not answer in the rendezvous store), or node 0 when the store itself is out of
+    reach."""
+    me, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world)) or world
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    lost = unanswered_ranks()
+    if lost is None:
+        who = (f"node 0 (rank 0, the rendezvous host {os.environ.get('MASTER_ADDR')}:"
+               f"{os.environ.get('MASTER_PORT')}) cannot be reached: it was lost or the link to it was cut")
+    elif lost:
+        nodes = sorted({r // per_node for r in lost})
+        who = (f"lost: rank{'s' if len(lost) > 1 else ''} {', '.join(map(str, lost))} "
+               f"(node{'s' if len(nodes) > 1 else ''} {', '.join(map(str, nodes))}) did not answer")
+    else:
+        who = "every rank answered afterwards: a link between them was cut or a collective timed out"
+    return (f"rank {me} of {world} (node {os.environ.get('NODE_RANK', 0)}): a collective failed, another rank "
+            f"was lost or the link was cut ({first}); {who}; the last checkpoint is kept, run the same command "
+            f"on every node to resume")
 
 
 def under_launcher() -> bool:

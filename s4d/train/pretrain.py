@@ -4,7 +4,9 @@
     torchrun --nproc_per_node 2 -m s4d.train.pretrain ...                      # several on one machine
     torchrun --nnodes 2 --node_rank R --master_addr HOST -m s4d.train.pretrain # one launcher per node
 
-With `pretrain.nproc_per_node > 1` the plain command starts torchrun itself.
+With `pretrain.nproc_per_node > 1` the plain command starts s4d.train.launch itself. SIGTERM / SIGINT (to
+the command or its launcher) writes a checkpoint at the next step and exits with status 143; the same
+command resumes from it.
 
 After training, rank 0 checks that the MAE learned something about its input and writes it into
 summary.json and stdout beside the final loss: a ridge probe on frozen pooled features (val accuracy and
@@ -47,13 +49,13 @@ from s4d.models import MaskedAutoencoder
 from s4d.models.checkpoint import save_checkpoint
 from s4d.stage import load_stage_params, stage_parser
 from s4d.train.checkpoints import (OutOfSpace, ResumeRefused, claim, move_aside, out_of_space, own_entries,
-                                   refusal, remove_all_own, remove_own, run_settings, settings_diff)
-from s4d.train.distributed import Dist, init_distributed, shutdown, use_bf16
-from s4d.train.launch import relaunch, under_launcher
+                                   refusal, remove_all_own, remove_own)
+from s4d.train.distributed import (Dist, Stopped, init_distributed, install_stop_handler, is_collective_failure,
+                                   restore_handlers, shutdown, step_hook, stop_requested, use_bf16)
+from s4d.train.inputs import InputsError, changed_inputs, inputs_key, stage_inputs
+from s4d.train.launch import lost_peer_message, relaunch, under_launcher
 from s4d.train.probe import PositionMean, pooled_features, probe
 
-# Tests set it to kill the process (SIGKILL) right after the checkpoint of that step.
-KILL_AFTER_CHECKPOINT = int(os.environ.get("S4D_TEST_KILL_AFTER_CHECKPOINT", "0") or 0)
 PRETRAIN_AUGMENT = Augment(scale=(0.5, 1.0), flip=True, rand_augment=False, erase_prob=0.0)
 
 
@@ -93,25 +95,15 @@ def masking_noise(shape: tuple[int, ...], seed: int, step: int, rank: int, world
 
 # --------------------------------------------------------------------------------------- checkpoints
 def resume_settings(params: Params, model: torch.nn.Module, world_size: int) -> dict:
-    """What a checkpoint must match to be resumed: the model, data and pretraining settings (performance
-    knobs such as data.workers excluded), the world size (it sets the global batch, hence the step plan,
-    and the ZeRO partitions), the model's state-dict layout (a code change that alters the model must not
-    resume), and the prepared manifests with the size and modification time of every sample they list
-    (re-rendered or re-extracted data with the same paths must not resume an old run)."""
+    """What a checkpoint must match to be resumed: the one rule of s4d.train.inputs (the settings without
+    the performance knobs, the prepared data, the code, the world size: it sets the global batch, hence
+    the step plan, and the ZeRO partitions), plus the model's state-dict layout."""
     layout = json.dumps([[name, list(t.shape)] for name, t in model.state_dict().items()])
-    digest = hashlib.sha256()
-    for manifest in manifest_files(params):
-        digest.update(manifest.read_bytes())
-        for path in read_manifest(manifest)["path"]:
-            stat = os.stat(path)
-            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return run_settings(params, ("pretrain", "data"), world_size=world_size,
-                        model_layout=hashlib.sha256(layout.encode()).hexdigest()[:16],
-                        prepared_data=digest.hexdigest()[:16])
-
-
-def fingerprint_of(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    try:
+        return stage_inputs(params, "pretrain", world_size=world_size,
+                            **{"model layout": hashlib.sha256(layout.encode()).hexdigest()[:16]})
+    except InputsError as e:
+        raise FileNotFoundError(str(e)) from None
 
 
 def save_training_state(engine, ckpt_dir: Path, state: dict, dist: Dist, keep_last: int,
@@ -159,7 +151,7 @@ def resume_plan(ckpt_dir: Path, settings: dict, fresh: bool) -> tuple[str, str |
     tag = latest.read_text().strip()
     try:
         saved = json.loads((ckpt_dir / tag / "run.json").read_text())
-        diff = settings_diff(saved["settings"], settings)
+        diff = changed_inputs(saved["settings"], settings)
     except (OSError, ValueError, KeyError):
         saved, diff = {}, [f"{tag}/run.json: missing or unreadable, so its settings are unknown"]
     finished = saved.get("step") is not None and saved.get("step") == saved.get("total_steps")
@@ -252,7 +244,7 @@ def pretrain(params: Params, out_dir: Path = Path("artifacts/pretrain"), fresh: 
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out_dir / "checkpoints"
     settings = resume_settings(params, model, dist.world_size)
-    fingerprint = fingerprint_of(settings)
+    fingerprint = inputs_key(settings)
     state = restore_training_state(engine, ckpt_dir, dist, settings, fresh) or {"step": 0}
     step = state["step"]
     log_path = out_dir / "log.csv"
@@ -309,11 +301,20 @@ def pretrain(params: Params, out_dir: Path = Path("artifacts/pretrain"), fresh: 
                                       "lr": f"{ds_optimizer.param_groups[0]['lr']:.3e}", "clips_s": f"{clips_s:.2f}"})
                 progress.update(1)
                 progress.set_postfix(loss=f"{loss:.4f}", modality=modality)
-            if step % cfg.checkpoint_every == 0 or step == total_steps:
+            due = step % cfg.checkpoint_every == 0 or step == total_steps
+            if due:
                 save_training_state(engine, ckpt_dir, {"step": step, "total_steps": total_steps,
                                                        "fingerprint": fingerprint}, dist, cfg.keep_last, settings)
-                if step == KILL_AFTER_CHECKPOINT:  # test hook: a kill at a known point, not a race
-                    os.kill(os.getpid(), signal.SIGKILL)
+            step_hook(step)
+            signum = stop_requested()  # collective: every rank stops at the same step
+            if signum and step < total_steps:
+                if not due:
+                    save_training_state(engine, ckpt_dir, {"step": step, "total_steps": total_steps,
+                                                           "fingerprint": fingerprint}, dist, cfg.keep_last,
+                                        settings)
+                progress.close()
+                raise Stopped(f"pretraining stopped by {signal.Signals(signum).name} at step {step} of "
+                              f"{total_steps}; checkpoint written to {ckpt_dir}: run the same command to resume")
     progress.close()
 
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
@@ -491,22 +492,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true",
                         help="start over: an unfinished run in artifacts/pretrain/checkpoints is moved aside "
                              "(into checkpoints/previous-<time>/), not deleted")
+    parser.add_argument("--out", default="artifacts/pretrain",
+                        help="output folder: model.pt, log.csv, summary.json, checkpoints/ "
+                             "(default: artifacts/pretrain)")
     args = parser.parse_args(argv)
     params = load_stage_params(args)
     nproc = params.pretrain.nproc_per_node
     if nproc > 1 and not under_launcher():  # not under a launcher yet: become one (s4d.train.launch)
         return relaunch("s4d.train.pretrain", ["--params", args.params, *(["--fresh"] if args.fresh else []),
-                                               *args.overrides], nproc, params.launch)
+                                               "--out", args.out, *args.overrides], nproc, params.launch)
+    previous, broken = install_stop_handler(), False  # SIGTERM / SIGINT: checkpoint at the next step, exit 143
     try:
-        pretrain(params, fresh=args.fresh)
+        pretrain(params, Path(args.out), fresh=args.fresh)
+    except Stopped as e:
+        if os.environ.get("RANK", "0") == "0":
+            tqdm.write(str(e), file=sys.stderr)
+        return 143
     except ResumeRefused as e:  # the user decides: resume with the old settings or start fresh
         tqdm.write(f"pretrain refused: {e}", file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError, OutOfSpace) as e:  # missing/empty data, full disk: say so
         tqdm.write(f"pretrain failed: {e}", file=sys.stderr)
         return 1
+    except Exception as e:  # noqa: BLE001 - only a lost rank or a cut link is explained here
+        if int(os.environ.get("WORLD_SIZE", 1)) > 1 and is_collective_failure(e):
+            print(lost_peer_message(e), file=sys.stderr, flush=True)
+            broken = True  # tearing down a broken group can block: leave it to the process exit
+            return 1
+        raise
     finally:
-        shutdown()
+        restore_handlers(previous)
+        if not broken:
+            shutdown()
     return 0
 
 
