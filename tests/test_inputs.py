@@ -61,19 +61,25 @@ def test_a_setting_change_recomputes_everywhere_naming_the_key(project):
     from s4d.train.inputs import changed_inputs
 
     before = caches(params())
+    lr = params().finetune.base_lr  # params.yaml's value
+    assert lr != 0.05
     ft = caches(params("finetune.base_lr=0.05"))
     for name in ("finetune resume", "fold runner"):
-        assert changed_inputs(before[name], ft[name]) == ["finetune.base_lr: 0.032 -> 0.05"], name
+        assert changed_inputs(before[name], ft[name]) == [f"finetune.base_lr: {lr} -> 0.05"], name
     for name in ("pretrain resume", "flow pretraining"):  # fine-tuning settings do not touch pretraining
         assert changed_inputs(before[name], ft[name]) == [], name
 
+    drop = params().models["tiny"].drop_path
+    assert drop != 0.2
     model = caches(params("models.tiny.drop_path=0.2"))
     for name in before:
-        assert "models.tiny.drop_path: 0.1 -> 0.2" in changed_inputs(before[name], model[name]), name
+        assert f"models.tiny.drop_path: {drop} -> 0.2" in changed_inputs(before[name], model[name]), name
 
+    pre_lr = params().pretrain.base_lr
+    assert pre_lr != 0.1
     pre = caches(params("pretrain.base_lr=0.1"))
     for name in ("pretrain resume", "flow pretraining"):
-        assert changed_inputs(before[name], pre[name]) == ["pretrain.base_lr: 0.024 -> 0.1"], name
+        assert changed_inputs(before[name], pre[name]) == [f"pretrain.base_lr: {pre_lr} -> 0.1"], name
 
     keys = grid_keys()
     assert grid_keys("finetune.base_lr=0.05")["grid pretraining"] == keys["grid pretraining"]
