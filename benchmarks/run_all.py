@@ -1,4 +1,4 @@
-"""Run the benchmark suite, then write benchmarks/results/summary.json: every figure issues 2-6 and 19 ask for.
+"""Run the benchmark suite, then write benchmarks/results/summary.json: every figure the project targets.
 
     python -m benchmarks.run_all [--quick] [--only NAME ... | --skip NAME ...]
     python -m benchmarks.run_all --summary-only
@@ -7,12 +7,11 @@ Each module runs as its own process, one after the other (they time themselves: 
 halve both), and writes benchmarks/results/<file>.json. A failing module does not stop the others; its
 exit code and stderr tail go into the summary and the command exits 1 at the end.
 
-The summary has one entry per asked-for figure: issue, name, value, unit, target ("<= 1.15"), met, the
+The summary has one entry per asked-for figure: topic, name, value, unit, target ("<= 1.15"), met, the
 IQR [q1, q3] where the benchmark records one (then `met` needs the whole IQR to clear the target), the
 source file and key path it came from, and the machine it was measured on. A figure that cannot be read
-(module not run, a GPU-only or unmeasured figure) has value null and a `missing` reason. Issue 5
-(orchestration) asks for no figure. The pipeline figures of issue 4 (UAR/WAR, stage times) are read from
-artifacts/, written by `make repro`.
+(module not run, a GPU-only or unmeasured figure) has value null and a `missing` reason. The pipeline
+figures (UAR/WAR, stage times) are read from artifacts/, written by `make repro`.
 """
 from __future__ import annotations
 
@@ -68,7 +67,7 @@ OPERATORS = {"<=": operator.le, ">=": operator.ge, "==": operator.eq}
 
 @dataclass(frozen=True)
 class Figure:
-    issue: int
+    topic: str  # what the figure measures: models, data, training, serving, mae
     name: str
     unit: str
     source: str | None  # a SOURCES name; None when no benchmark measures it (then `missing` says why)
@@ -80,69 +79,69 @@ class Figure:
 
 
 def declared_figures() -> list[Figure]:
-    """Every figure issues 2, 3, 4, 6 and 19 ask for, in issue order. A target with an `iqr_key` is met only
+    """Every figure, by topic. A target with an `iqr_key` is met only
     when the value and the whole inter-quartile range clear it (q3 for an upper bound, q1 for a lower)."""
-    figs = [Figure(2, f"matmul_peak_{p}", "GFLOP/s", "models", f"matmul_peak_gflop_s.{p}") for p in ("fp32", "bf16")]
+    figs = [Figure("models", f"matmul_peak_{p}", "GFLOP/s", "models", f"matmul_peak_gflop_s.{p}") for p in ("fp32", "bf16")]
     for profile in ("tiny", "base"):
         for prec in ("fp32", "bf16"):
             row = f"profiles.{profile}.{prec}"
             figs += [
-                Figure(2, f"forward_{profile}_{prec}", "clips/s", "models", f"{row}.forward_clips_s"),
-                Figure(2, f"train_step_{profile}_{prec}", "clips/s", "models", f"{row}.train_clips_s"),
-                Figure(2, f"moae_over_plain_step_{profile}_{prec}", "x", "models", f"{row}.moae_step_over_plain",
+                Figure("models", f"forward_{profile}_{prec}", "clips/s", "models", f"{row}.forward_clips_s"),
+                Figure("models", f"train_step_{profile}_{prec}", "clips/s", "models", f"{row}.train_clips_s"),
+                Figure("models", f"moae_over_plain_step_{profile}_{prec}", "x", "models", f"{row}.moae_step_over_plain",
                        target=("<=", 1.15) if profile == "base" else None,
                        iqr_key=f"{row}.ratios.moae_over_plain_step"),
-                Figure(2, f"inference_mfu_{profile}_{prec}", "fraction", "models", f"{row}.inference_mfu",
+                Figure("models", f"inference_mfu_{profile}_{prec}", "fraction", "models", f"{row}.inference_mfu",
                        target=(">=", 0.5) if (profile, prec) == ("base", "bf16") else None,
                        note="against the matmul peak of the same dtype on the same device"),
             ]
 
     for backend in ("mtcnn", "yunet"):
         row = f"backends.{backend}"
-        figs += [Figure(3, f"faces_{backend}_frames_s", "frames/s", "faces", f"{row}.frames_s"),
-                 Figure(3, f"faces_{backend}_realtime_factor", "x", "faces", f"{row}.realtime_factor",
+        figs += [Figure("data", f"faces_{backend}_frames_s", "frames/s", "faces", f"{row}.frames_s"),
+                 Figure("data", f"faces_{backend}_realtime_factor", "x", "faces", f"{row}.realtime_factor",
                         target=(">=", 4.0))]
-    figs += [Figure(3, "generator_frames_s_one_process", "frames/s", "synthetic", "one_process.clip_frames_per_s"),
-             Figure(3, "generator_images_s_one_process", "images/s", "synthetic", "one_process.images_per_s"),
-             Figure(3, "generator_frames_s_end_to_end", "frames/s", "synthetic", "generate.frames_per_s")]
+    figs += [Figure("data", "generator_frames_s_one_process", "frames/s", "synthetic", "one_process.clip_frames_per_s"),
+             Figure("data", "generator_images_s_one_process", "images/s", "synthetic", "one_process.images_per_s"),
+             Figure("data", "generator_frames_s_end_to_end", "frames/s", "synthetic", "generate.frames_per_s")]
     for workers in (0, 2):
-        figs += [Figure(3, f"loader_clips_s_workers{workers}", "clips/s", "data", f"clips_s_workers{workers}"),
-                 Figure(3, f"loader_images_s_workers{workers}", "images/s", "data", f"images_s_workers{workers}")]
+        figs += [Figure("data", f"loader_clips_s_workers{workers}", "clips/s", "data", f"clips_s_workers{workers}"),
+                 Figure("data", f"loader_images_s_workers{workers}", "images/s", "data", f"images_s_workers{workers}")]
 
     for profile in ("tiny", "base"):
         for prec in ("fp32", "bf16"):
             for ranks in (1, 2):
                 row = f"pretrain_mae[profile={profile},ranks={ranks},zero=2,precision={prec}]"
-                figs.append(Figure(4, f"pretrain_{profile}_{prec}_{ranks}rank", "clips/s", "train", f"{row}.clips_s"))
+                figs.append(Figure("training", f"pretrain_{profile}_{prec}_{ranks}rank", "clips/s", "train", f"{row}.clips_s"))
     for profile, ranks, zero in [("tiny", 1, 2), ("tiny", 2, 2)] + [("base", 2, z) for z in (0, 1, 2, 3)]:
         row = f"pretrain_mae[profile={profile},ranks={ranks},zero={zero},precision=fp32]"
-        figs.append(Figure(4, f"adam_state_{profile}_zero{zero}_{ranks}rank", "MiB/rank", "train",
+        figs.append(Figure("training", f"adam_state_{profile}_zero{zero}_{ranks}rank", "MiB/rank", "train",
                            f"{row}.optimizer_state_mib_per_rank[0]", note="rank 0's share"))
     for profile in ("tiny", "base"):
         for prec in ("fp32", "bf16"):
-            figs += [Figure(4, f"finetune_{profile}_{prec}_1rank", "clips/s", "models",
+            figs += [Figure("training", f"finetune_{profile}_{prec}_1rank", "clips/s", "models",
                             f"profiles.{profile}.{prec}.train_clips_s", note="bench_models' train step"),
-                     Figure(4, f"finetune_{profile}_{prec}_2rank", "clips/s", None,
+                     Figure("training", f"finetune_{profile}_{prec}_2rank", "clips/s", None,
                             missing="no benchmark measures fine-tuning on 2 ranks (bench_models runs one process)")]
-    above_chance = "the issue asks 'well above chance' without a number; chance is 1/7 = 0.143"
-    figs += [Figure(4, "repro_minutes", "min", None, target=("<=", 15.0),
+    above_chance = "asked: well above chance, without a number; chance is 1/7 = 0.143"
+    figs += [Figure("training", "repro_minutes", "min", None, target=("<=", 15.0),
                     missing="make repro's wall time is not written to any file"),
-             Figure(4, "pretrain_stage_s", "s", "pretrain", "seconds"),
-             Figure(4, "finetune_stage_s", "s", "finetune", "wall_time_s"),
-             Figure(4, "test_uar_dynamic", "fraction", "eval", "dynamic.uar", note=above_chance),
-             Figure(4, "test_war_dynamic", "fraction", "eval", "dynamic.war", note=above_chance)]
+             Figure("training", "pretrain_stage_s", "s", "pretrain", "seconds"),
+             Figure("training", "finetune_stage_s", "s", "finetune", "wall_time_s"),
+             Figure("training", "test_uar_dynamic", "fraction", "eval", "dynamic.uar", note=above_chance),
+             Figure("training", "test_war_dynamic", "fraction", "eval", "dynamic.war", note=above_chance)]
 
-    figs += [Figure(6, "video_10s_p50", "s", "serving", "video_latency.p50_s", target=("<=", 1.0)),
-             Figure(6, "video_10s_p95", "s", "serving", "video_latency.p95_s"),
-             Figure(6, "clips_s_adaptive_batching", "clips/s", "serving", "clip_throughput.batched_clips_per_s"),
-             Figure(6, "clips_s_batch1", "clips/s", "serving", "clip_throughput.unbatched_clips_per_s"),
-             Figure(6, "adaptive_batching_speedup", "x", "serving", "clip_throughput.speedup", target=(">=", 1.5)),
-             Figure(6, "model_batch8_over_batch1", "x", "serving", "model_batch_ceiling.ratio",
+    figs += [Figure("serving", "video_10s_p50", "s", "serving", "video_latency.p50_s", target=("<=", 1.0)),
+             Figure("serving", "video_10s_p95", "s", "serving", "video_latency.p95_s"),
+             Figure("serving", "clips_s_adaptive_batching", "clips/s", "serving", "clip_throughput.batched_clips_per_s"),
+             Figure("serving", "clips_s_batch1", "clips/s", "serving", "clip_throughput.unbatched_clips_per_s"),
+             Figure("serving", "adaptive_batching_speedup", "x", "serving", "clip_throughput.speedup", target=(">=", 1.5)),
+             Figure("serving", "model_batch8_over_batch1", "x", "serving", "model_batch_ceiling.ratio",
                     note="the model alone, 8 vs 1 clips per call: the ceiling of the batching speedup"),
-             Figure(6, "soak_seconds", "s", "serving", "soak.seconds", target=(">=", 60.0)),
-             Figure(6, "soak_errors", "errors", "serving", "soak.errors", target=("==", 0.0))]
+             Figure("serving", "soak_seconds", "s", "serving", "soak.seconds", target=(">=", 60.0)),
+             Figure("serving", "soak_errors", "errors", "serving", "soak.errors", target=("==", 0.0))]
 
-    figs += [Figure(19, "mae_over_finetune_clips_s", "x", "mae", "ratios.pretrain_over_finetune_clips_s.median",
+    figs += [Figure("mae", "mae_over_finetune_clips_s", "x", "mae", "ratios.pretrain_over_finetune_clips_s.median",
                     target=(">=", 5.0), iqr_key="ratios.pretrain_over_finetune_clips_s",
                     note="MAE pretraining vs fine-tuning clips/s at the params' profile, end to end, one run")]
     return figs
@@ -228,7 +227,7 @@ def build_summary(results_dir: Path, artifacts_dir: Path, runs: dict[str, dict] 
                         f"no IQR at {fig.iqr_key}: judged on the value alone"
                 if quart is not None and op in ("<=", ">="):  # the whole IQR must clear the target
                     met = met and OPERATORS[op](quart["q3"] if op == "<=" else quart["q1"], bound)
-        entries.append({"issue": fig.issue, "name": fig.name, "value": value, "unit": fig.unit,
+        entries.append({"topic": fig.topic, "name": fig.name, "value": value, "unit": fig.unit,
                         "target": f"{fig.target[0]} {fig.target[1]:g}" if fig.target else None, "met": met,
                         "iqr": iqr,
                         "source": shown(path) if path else None, "key": fig.key or None, "machine": machine,
@@ -242,13 +241,13 @@ def build_summary(results_dir: Path, artifacts_dir: Path, runs: dict[str, dict] 
 
 
 def print_table(summary: dict) -> None:
-    print(f"{'issue':>5}  {'figure':<34} {'value':>10} {'unit':<9} {'target':<8} result")
+    print(f"{'topic':<8}  {'figure':<34} {'value':>10} {'unit':<9} {'target':<8} result")
     for e in summary["figures"]:
         value = "-" if e["value"] is None else f"{e['value']:.4g}"
         result = {True: "met", False: "NOT MET", None: ""}[e["met"]]
         if e["missing"]:
             result = f"missing: {e['missing']}"
-        print(f"{e['issue']:>5}  {e['name']:<34} {value:>10} {e['unit']:<9} {e['target'] or '':<8} {result}")
+        print(f"{e['topic']:<8}  {e['name']:<34} {value:>10} {e['unit']:<9} {e['target'] or '':<8} {result}")
     c = summary["counts"]
     print(f"{c['figures']} figures, {c['missing']} missing; targets: {c['met']} met, {c['not_met']} not met, "
           f"{c['targets'] - c['met'] - c['not_met']} unknown")

@@ -59,7 +59,7 @@ def test_every_declared_figure_with_its_source_value(dirs):
     checked = 0
     for fig in figures:
         e = entries[fig.name]
-        assert e["issue"] == fig.issue and e["unit"] == fig.unit
+        assert e["topic"] == fig.topic and e["unit"] == fig.unit
         if fig.source is None:
             assert e["value"] is None and e["missing"]
             continue
