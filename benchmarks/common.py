@@ -57,6 +57,11 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int = 7, warmup: i
     return times
 
 
+def timed(fn: Callable[[], object], warmup: int = 1, repeat: int = 3) -> float:
+    """Median seconds per call of one fn (a single figure with nothing to compare it with in the same run)."""
+    return statistics.median(interleaved({"fn": fn}, rounds=repeat, warmup=warmup)["fn"])
+
+
 def ratio(times: dict[str, list[float]], a: str, b: str) -> dict:
     """Per-round ratio a / b of interleaved times (paired), as quartiles."""
     return quartiles([x / y for x, y in zip(times[a], times[b])])

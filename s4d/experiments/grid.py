@@ -335,8 +335,6 @@ def run_job(module: str, args: list[str], nproc: int, params: Params, what: str)
 
 
 def run_pretraining(job: PretrainJob, plan: Plan) -> dict:
-    from s4d.train.metrics import write_json
-
     started = time.time()
     run_job("s4d.train.pretrain", ["--params", plan.params_file, *job.overrides, "--out", str(job.dir)],
             job.params.pretrain.nproc_per_node, job.params, f"pretraining {job.kind} seed{job.seed}")
