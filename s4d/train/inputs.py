@@ -3,8 +3,10 @@
 `stage_inputs(params, stage)` lists, as flat `key: value` pairs named like params.yaml keys:
   - settings: the params sections the stage reads (SECTIONS), minus the performance knobs (KNOBS);
   - data: the prepared manifests (their bytes) and the name and size of every sample file they list (each
-    frame of a frame folder; training stages: of the train and val rows only, test samples are never read). Sizes, not modification times: the same data written again (`s4d generate`
-    re-renders identical files) keeps its results; other pixels give other JPEG sizes;
+    frame of a frame folder; training stages: of the train and val rows only, test samples are never read;
+    the unlabelled pool's manifests where pretraining reads them). Sizes, not modification times: the same
+    data written again (`s4d generate` re-renders identical files) keeps its results; other pixels give
+    other JPEG sizes;
   - code: the sha256 of the modules that compute the stage's result (CODE);
   - what the stage starts from: fine-tuning's `finetune.init` checkpoint by its sha256.
 
@@ -83,7 +85,7 @@ def settings(params: Params, stage: str) -> dict[str, Any]:
     return {k: v for k, v in out.items() if k not in KNOBS}
 
 
-def data_digest(params: Params, splits: tuple[str, ...] = ("train", "val", "test")) -> str:
+def data_digest(params: Params, splits: tuple[str, ...] = ("train", "val", "test"), pool: bool | None = None) -> str:
     """The prepared manifests' bytes and the name and size of every sample file of the rows in `splits`
     (training never reads test samples, so it never looks at them). A missing manifest counts as absent:
     the stage that needs it says so itself."""
@@ -92,8 +94,11 @@ def data_digest(params: Params, splits: tuple[str, ...] = ("train", "val", "test
 
     h = hashlib.sha256()
     prepared = Path(params.data.prepared_dir)
-    # the unlabelled pool's manifests (when prepared) count whole: pretraining reads all of them
-    for manifest in [prepared / "dynamic.csv", prepared / "static.csv", *pool_manifests(prepared)]:
+    # The unlabelled pool's manifests count whole where pretraining reads them (pretrain.data pool or both;
+    # `pool` None: decide by that); fine-tuning and evaluation never open them.
+    if pool is None:
+        pool = params.pretrain.data != "labelled"
+    for manifest in [prepared / "dynamic.csv", prepared / "static.csv", *(pool_manifests(prepared) if pool else [])]:
         if not manifest.is_file():
             h.update(f"{manifest.stem}: absent\n".encode())
             continue
@@ -138,7 +143,8 @@ def stage_inputs(params: Params, stage: str, *, world_size: int = 1, data: str |
     inputs = settings(params, stage)
     training = ("train", "val")  # evaluation reads the test rows too
     inputs["data (manifests and sample sizes)"] = data or data_digest(
-        params, training if stage in ("pretrain", "finetune") else (*training, "test"))
+        params, training if stage in ("pretrain", "finetune") else (*training, "test"),
+        pool=None if stage == "pretrain" else False)
     inputs[f"code ({stage})"] = code_digest(stage)
     if stage == "pretrain":
         inputs["pretrain world size"] = world_size
