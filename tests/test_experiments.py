@@ -174,6 +174,7 @@ def test_finetuning_arms_start_where_params_say(project, monkeypatch):
         build_plan(arms=["ft_s4d"], seeds=1, overrides=from_file)
 
 
+@pytest.mark.heavy  # two grid processes, each launching stage processes: about 90 s of 2 cores
 def test_two_shard_processes_make_the_shared_pretraining_once(tmp_path):
     """Two real shard processes at once: pre_dual (video-only) and ft_s4d (joint) go to different shards,
     both need the dual pretraining of seed 0; one makes it, the other waits on the lock and reuses it."""
