@@ -138,3 +138,15 @@ def joint(root):
     import toydata
 
     return toydata.run_finetune(root, "joint")
+
+
+# A Prefect API of its own for the flow tests (one per session: it takes seconds to start).
+@pytest.fixture(scope="session")
+def harness(tmp_path_factory):
+    from prefect.settings import PREFECT_HOME, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("prefect_home")
+    with temporary_settings({PREFECT_HOME: home, PREFECT_LOCAL_STORAGE_PATH: home / "storage"}):
+        with prefect_test_harness(server_startup_timeout=90):
+            yield home

@@ -79,17 +79,6 @@ def make_project(root: Path) -> Path:
 
 
 # -------------------------------------------------------------------------------- under the harness
-@pytest.fixture(scope="session")
-def harness(tmp_path_factory):
-    from prefect.settings import PREFECT_HOME, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    home = tmp_path_factory.mktemp("prefect_home")
-    with temporary_settings({PREFECT_HOME: home, PREFECT_LOCAL_STORAGE_PATH: home / "storage"}):
-        with prefect_test_harness(server_startup_timeout=90):
-            yield home
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = make_project(tmp_path_factory.mktemp("flow") / "project")

@@ -95,6 +95,15 @@ def survivors(pids: list[int], wait_s: float = 10.0) -> list[int]:
     return [pid for pid in pids if alive(pid)]
 
 
+def wait_for_hook(launcher: subprocess.Popen, hook: Path, timeout_s: float = 300) -> None:
+    """Until a worker paused at its step hook (it writes its pid into `hook`); fails if the launcher ended first."""
+    deadline = time.time() + timeout_s
+    while not hook.exists():
+        assert launcher.poll() is None, launcher.communicate()
+        assert time.time() < deadline, "the run never reached the hook"
+        time.sleep(0.2)
+
+
 def start_paused(root: Path, out: str, step: int, *extra: str, new_session: bool = False):
     """A 2-rank fine-tune whose rank 0 waits after `step`; returns (launcher, its worker pids)."""
     hook = root / f"{out}.paused"
@@ -103,11 +112,7 @@ def start_paused(root: Path, out: str, step: int, *extra: str, new_session: bool
     launcher = subprocess.Popen([sys.executable, "-m", "s4d.train.finetune", *RUN, *TWO, *extra, "--out", out],
                                 cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=new_session)
-    deadline = time.time() + 300
-    while not hook.exists():
-        assert launcher.poll() is None, launcher.communicate()
-        assert time.time() < deadline, "the run never reached the hook"
-        time.sleep(0.2)
+    wait_for_hook(launcher, hook)
     workers = descendants(launcher.pid)
     assert int(hook.read_text()) in workers and len(workers) >= 2
     return launcher, workers
@@ -276,11 +281,7 @@ def test_pretraining_with_nproc_2_runs_under_the_launcher_checkpoints_on_sigterm
     env = {**os.environ, "PYTHONPATH": str(ROOT), "S4D_STEP_HOOK": "1:pause", "S4D_HOOK_FILE": str(hook)}
     launcher = subprocess.Popen([sys.executable, "-m", "s4d.train.pretrain", *args], cwd=project, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while not hook.exists():
-        assert launcher.poll() is None, launcher.communicate()
-        assert time.time() < deadline, "the run never reached the hook"
-        time.sleep(0.2)
+    wait_for_hook(launcher, hook)
     workers = descendants(launcher.pid)
     launcher.send_signal(signal.SIGTERM)
     _, err = launcher.communicate(timeout=120)

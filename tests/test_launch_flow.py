@@ -14,17 +14,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # multi-process runs of minu
 TWO = ["finetune.nproc_per_node=2", "data.workers=1", "finetune.micro_batch=4", "models.tiny.stem=linear"]
 
 
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory):
-    from prefect.settings import PREFECT_HOME, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    home = tmp_path_factory.mktemp("prefect_home")
-    with temporary_settings({PREFECT_HOME: home, PREFECT_LOCAL_STORAGE_PATH: home / "storage"}):
-        with prefect_test_harness(server_startup_timeout=90):
-            yield home
-
-
 @pytest.fixture
 def chdir(monkeypatch):
     def go(path):
