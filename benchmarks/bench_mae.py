@@ -1,6 +1,6 @@
 """MAE pretraining throughput against fine-tuning throughput at the params' profile, end to end, in one run.
 
-    python -m benchmarks.bench_mae [--steps 4] [--rounds 7] [--params params.yaml] [--name mae] [key=value ...]
+    python -m benchmarks.bench_mae [--steps 16] [--rounds 7] [--params params.yaml] [--name mae] [key=value ...]
 
 Each call runs `--steps` consecutive steps the way the stages run them, on the prepared data
 (artifacts/prepared, from `dvc repro prepare`): a fresh DataLoader iterator with `data.workers` processes
@@ -43,7 +43,9 @@ def cpu_seconds() -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--steps", type=int, default=4, help="steps per timed call (one loader iterator)")
+    parser.add_argument("--steps", type=int, default=16,
+                        help="steps per timed call (one loader iterator; the stage makes one per epoch, ~21 video steps "
+                             "on the embedded data, so its workers start about that rarely)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--name", default="mae", help="results file benchmarks/results/<name>.json")
     parser.add_argument("overrides", nargs="*", help="params overrides key=value")

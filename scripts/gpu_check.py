@@ -123,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     def measure_peak():
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         n = 8192 if device.type == "cuda" else 512
-        peak["flops"] = matmul_peak(dtype, n=n, device=device.type)
-        return {"dtype": str(dtype), "n": n, "gflops": round(peak["flops"] / 1e9, 1)}
+        measured = matmul_peak(dtype, n=n, device=device.type)  # median and IQR in GFLOP/s
+        peak["flops"] = measured["gflop_s"] * 1e9
+        return {"dtype": str(dtype), "n": measured["n"], "gflops": round(measured["gflop_s"], 1),
+                "gflops_iqr": [round(measured["q1"], 1), round(measured["q3"], 1)]}
 
     run("peak", measure_peak)
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:

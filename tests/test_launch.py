@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from conftest import MICRO_MODEL, ROOT, run_module, write_micro_dataset
+from s4d.config import load_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # multi-process runs of minutes each: `make test-heavy`
 
@@ -139,9 +140,10 @@ def test_kill_9_and_restart_gives_bit_identical_weights(project, one_rank):
     assert (project / "killed" / "checkpoints" / "latest").read_text().strip() == "step_00000006.pt"
     assert not (project / "killed" / "model.pt").exists()
 
-    changed = finetune_cmd(project, "killed", "finetune.base_lr=0.05")
+    default = load_params(ROOT / "params.yaml").finetune.base_lr
+    changed = finetune_cmd(project, "killed", f"finetune.base_lr={default / 2}")
     assert changed.returncode == 2
-    assert "finetune.base_lr: 0.032 -> 0.05" in changed.stderr and "Traceback" not in changed.stderr
+    assert f"finetune.base_lr: {default} -> {default / 2}" in changed.stderr and "Traceback" not in changed.stderr
 
     proc = finetune_cmd(project, "killed")
     assert proc.returncode == 0, proc.stderr
@@ -204,10 +206,12 @@ def test_distributed_evaluation_equals_one_process(project, one_rank):
     for task in ("dynamic", "static"):
         for key in ("uar", "war", "n", "per_class_recall"):
             assert sharded[task][key] == single[task][key], (task, key)
-        assert sharded[task]["loss"] == pytest.approx(single[task]["loss"], rel=1e-4)
+        assert sharded[task]["loss"] == pytest.approx(single[task]["loss"], rel=1e-3)
     scores = [pd.read_csv(project / d / "scores.csv") for d in ("eval1", "eval2")]
     assert scores[0]["id"].tolist() == scores[1]["id"].tolist()
-    pd.testing.assert_frame_equal(*scores, rtol=1e-4, atol=1e-4)  # other batch compositions: float noise
+    # Not bit-equal: MoAE capacity is counted per forward, so a shard's smaller batches drop other tokens
+    # (on this model: probabilities move by ~1e-4; with no drops the shards compute exactly the same).
+    pd.testing.assert_frame_equal(*scores, rtol=0, atol=1e-3)
     routing = [json.loads((project / d / "routing.json").read_text()) for d in ("eval1", "eval2")]
     assert routing[0]["tasks"]["dynamic"]["tokens"] == routing[1]["tasks"]["dynamic"]["tokens"] > 0
     assert routing[0]["tasks"]["dynamic"]["layers"][0]["top1_share"] == pytest.approx(
