@@ -625,6 +625,13 @@ def test_bento_carries_the_model_and_serves(store, tmp_path):
     assert (fresh / "models" / "s4d-champion" / store["tag"].split(":")[1] / "model.pt").is_file()
     bento_src = fresh / "bentos" / "s4d_dfer" / bento.split(":")[1] / "src"
     assert (bento_src / "serving" / "service.py").is_file() and (bento_src / "s4d" / "models" / "vit.py").is_file()
+    # The whole package travels: an exclude pattern once matched s4d/data/ too, and the bento only served where
+    # the project's editable install supplied the missing modules.
+    root = Path(__file__).resolve().parents[1]
+    code = {str(p.relative_to(root)) for d in ("s4d", "serving") for p in (root / d).rglob("*.py")
+            if "__pycache__" not in p.parts}
+    packed = {str(p.relative_to(bento_src)) for p in bento_src.rglob("*.py")}
+    assert code - packed == set()
     env_clean = {"PYTHONPATH": ""}  # only the bento's own code
     with ServiceProcess(bento, fresh, tmp_path / "bento.log", env=env_clean, cwd=tmp_path) as service:
         health = requests.get(f"{service.url}/health", timeout=5).json()
