@@ -31,7 +31,7 @@ repro: $(STAMP)
 	$(BIN)/dvc repro
 
 # The suite CI runs; the heavy multi-process training tests (launcher, two nodes, cut link, folds, the GPU
-# check's dry run) take most of an hour on 2 cores and run with `make test-heavy`.
+# check's dry run) take about 10 minutes of 2 cores and run with `make test-heavy`.
 test: $(STAMP)
 	bash scripts/install-browser.sh || echo "chromium unavailable: the browser test will skip"
 	$(BIN)/python -m pytest -q -m "not heavy"
