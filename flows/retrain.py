@@ -50,6 +50,7 @@ from prefect.states import Failed, State
 
 from s4d.io import free_port, read_json, sha256_file, write_json, write_text
 from s4d.locks import file_lock
+from s4d.train.inputs import changed_inputs, inputs_key, stage_inputs
 
 FLOW_DIR = Path("artifacts/flow")
 RESOLVED_PARAMS = FLOW_DIR / "params.yaml"
@@ -229,31 +230,29 @@ def stage_command(module: str, params_file: str, nproc_per_node: int, *args: str
             "--params", params_file, *args]
 
 
-def run_launched(module: str, params_file: str, nproc_per_node: int, *args: str) -> None:
-    """Run a fine-tuning or evaluation stage data-parallel through the launcher, its output into the run's
-    log; a non-zero exit fails the task (StageFailed: retried, and a retried fine-tune resumes from its
-    checkpoints)."""
+def run_streamed(cmd: list[str], label: str, what: str, failure: type[StageFailed] = StageFailed) -> None:
+    """Run a training job's command, its output streamed into the run's log as `[label] line`; a non-zero exit
+    fails the task with `failure` (a StageFailed: retried, and a retried job resumes from its checkpoints)."""
     logger = get_run_logger()
-    cmd = stage_command(module, params_file, nproc_per_node, *args)
     logger.info(f"launching: {' '.join(cmd)}")
-    code, tail = stream_process(cmd, logger, f"[{module.rsplit('.', 1)[1]}]", env=child_env())
+    started = time.time()
+    code, tail = stream_process(cmd, logger, f"[{label}]", env=child_env())
+    logger.info(f"{what} exited with status {code} after {time.time() - started:.1f} s")
     if code != 0:
-        raise StageFailed(f"{module} ({nproc_per_node} processes) exited with status {code}: {' '.join(cmd)}\n"
-                          "last output:\n" + "\n".join(tail[-15:]))
+        raise failure(f"{what} exited with status {code}: {' '.join(cmd)}\nlast output:\n" + "\n".join(tail[-15:]))
+
+
+def run_launched(module: str, params_file: str, nproc_per_node: int, *args: str) -> None:
+    """A fine-tuning or evaluation stage, data-parallel through the launcher (run_streamed)."""
+    name = module.rsplit(".", 1)[1]
+    run_streamed(stage_command(module, params_file, nproc_per_node, *args), name,
+                 f"{module} ({nproc_per_node} processes)")
 
 
 def pretrain_inputs(params) -> dict:
     """What the pretraining output depends on: the one rule of s4d.train.inputs (settings without the
     performance knobs, the prepared data, the code, the world size: pretraining's batch is per process)."""
-    from s4d.train.inputs import stage_inputs
-
     return stage_inputs(params, "pretrain", world_size=params.pretrain.nproc_per_node)
-
-
-def inputs_hash(inputs: dict) -> str:
-    from s4d.train.inputs import inputs_key
-
-    return inputs_key(inputs)
 
 
 # ---------------------------------------------------------------------------------------------- tasks
@@ -331,7 +330,7 @@ def pretrain_job(params_file: str, nproc_per_node: int, reuse: bool = True, host
     logger = get_run_logger()
     params = load_resolved(params_file)
     inputs = pretrain_inputs(params)
-    key = inputs_hash(inputs)
+    key = inputs_key(inputs)
     model = PRETRAIN_DIR / "model.pt"
     stamp = read_json(STAMP, {})
     if reuse and stamp.get("inputs") == key and stamp.get("model_sha256") and \
@@ -341,28 +340,20 @@ def pretrain_job(params_file: str, nproc_per_node: int, reuse: bool = True, host
                 "model_sha256": stamp["model_sha256"]}
 
     if stamp.get("detail") and stamp.get("inputs") != key:
-        from s4d.train.inputs import changed_inputs
-
         logger.info("pretraining inputs changed: " + "; ".join(changed_inputs(stamp["detail"], inputs)[:6]))
     STAMP.unlink(missing_ok=True)  # from here on, model.pt is not known to match anything
     # A killed job resumes from its checkpoints; a finished run's checkpoints are replaced, an unfinished
     # run made with other params or data is refused (exit 2, s4d.train.pretrain.resume_plan).
 
     cmd = launch_command(params_file, nproc_per_node, hostfile)
-    logger.info(f"launching: {' '.join(cmd)}")
-    started = time.time()
-    code, tail = stream_process(cmd, logger, "[pretrain]", env=child_env())
-    logger.info(f"pretraining exited with status {code} after {time.time() - started:.1f} s")
-    if code != 0:
-        raise PretrainFailed(f"pretraining job exited with status {code}: {' '.join(cmd)}\nlast output:\n"
-                             + "\n".join(tail[-15:]))
+    run_streamed(cmd, "pretrain", "pretraining job", PretrainFailed)
     if not model.is_file():
         raise PretrainFailed(f"pretraining exited 0 but wrote no {model}")
     sha = sha256_or_none(model)
     write_json(STAMP, {"inputs": key, "model_sha256": sha, "detail": inputs,
                        "finished": datetime.now(timezone.utc).isoformat(), "command": cmd})
     return {**read_json(PRETRAIN_DIR / "summary.json", {}), "reused": False, "inputs": key, "model_sha256": sha,
-            "exit_code": code, "command": " ".join(cmd)}
+            "exit_code": 0, "command": " ".join(cmd)}
 
 
 @task(name="finetune", **TASK_OPTIONS)
@@ -406,15 +397,9 @@ def folds_job(params_file: str, folds: list[int]) -> dict:
         folds = parse_folds(",".join(str(f) for f in folds))
     except Exception as e:  # noqa: BLE001 - argparse's type error: a bad request, never retried
         raise InputError(f"folds: {e}") from None
-    logger = get_run_logger()
     out = Path("artifacts/folds")
-    cmd = [sys.executable, "-m", "s4d.train.folds", "--folds", ",".join(map(str, folds)), "--out", str(out),
-           "--params", params_file]
-    logger.info(f"running: {' '.join(cmd)}")
-    code, tail = stream_process(cmd, logger, "[folds]", env=child_env())
-    if code != 0:
-        raise StageFailed(f"the fold runner exited with status {code}: {' '.join(cmd)}\nlast output:\n"
-                          + "\n".join(tail[-15:]))
+    run_streamed([sys.executable, "-m", "s4d.train.folds", "--folds", ",".join(map(str, folds)), "--out", str(out),
+                  "--params", params_file], "folds", "the fold runner")
     return read_json(out / "summary.json", {})
 
 

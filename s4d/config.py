@@ -206,7 +206,8 @@ class PretrainConfig:
     target_std_floor: float = between(4.0, 0.01, 255.0)  # floored: smallest per-patch std, grey levels 0..255
     # Linear probe after pretraining: ridge on frozen pooled features of at most this many labelled train
     # samples per modality, scored on val, beside the same probe on the random initial encoder; 0 = no probe.
-    # Measured at tiny, shared 2-core machine at load 7-10: 128 -> 110 s wall / 52 CPU s, 256 -> 242 s / 91.
+    # Measured at tiny: 128 -> 12 s in a quiet make repro; on the shared 2-core machine at load 7-10 (before the
+    # 1 x 96 decoder) 128 -> 110 s wall / 52 CPU s, 256 -> 242 s / 91.
     probe_samples: int = between(128, 0, 10**6)
     base_lr: float = between(0.024, 0.0, 1.0)  # lr = base_lr * global_batch / 256
     min_lr: float = between(1e-6, 0.0, 1.0)

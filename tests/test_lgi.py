@@ -20,7 +20,7 @@ from s4d.models.lgi import MAEDFERError, convert_maedfer
 from s4d.cli import main as s4d
 from s4d.models import load_model
 from s4d.models.official import PublishedFormatError, convert, read_published
-from s4d.models.mae import motion_targets, region_masking
+from s4d.models.mae import patch_targets, patchify, region_masking, split_motion
 from s4d.train.finetune import build_optimizer
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
@@ -100,7 +100,7 @@ def test_motion_target_on_a_hand_built_two_frame_clip():
     clip[0, 0, 1] = 2.0
     clip[0, 1, :] = torch.tensor([[0.0, 1.0], [2.0, 3.0]])
     clip[0, 2] = 5.0
-    target = motion_targets(clip, 2, 2).view(2, 4, 3)  # (frame, pixel, channel)
+    target = split_motion(patch_targets(patchify(clip, 2, 2)), 2).view(2, 4, 3)  # (frame, pixel, channel)
     # channel 0: mean 1, unbiased var 8/7 -> frame 0 = -1/s, frame 1 (difference) = 2/s
     s0 = math.sqrt(8 / 7 + 1e-6)
     assert torch.allclose(target[0, :, 0], torch.full((4,), -1 / s0), atol=1e-6)
@@ -130,7 +130,7 @@ def test_motion_loss_weights_appearance_and_motion():
     assert losses[1.0] == pytest.approx(motion, rel=1e-5)
     assert losses[0.25] == pytest.approx(0.75 * appearance + 0.25 * motion, rel=1e-5)
     vit = MaskedAutoencoder(lgi_cfg(encoder="vit"), "pixels+motion", 0.25)(x, 0.75, noise=noise)  # either encoder
-    full = motion_targets(x, cfg.tubelet_size, cfg.patch_size)  # targets of every token; each scores its masked
+    full = split_motion(patch_targets(patchify(x, cfg.tubelet_size, cfg.patch_size)), cfg.tubelet_size)  # every token
     assert torch.allclose(vit.target.flatten(0, 1), full[vit.mask]) and vit.mask.sum() == 2 * (64 - 16)
     assert torch.allclose(out.target.flatten(0, 1), full[out.mask])
     torch.manual_seed(0)

@@ -61,24 +61,11 @@ def patch_targets(patches: torch.Tensor, norm: str = "normalised",
     return ((patches - mean) / std).flatten(2)
 
 
-def normalised_targets(clip: torch.Tensor, tubelet: int, patch: int, norm: str = "normalised",
-                       std_floor: torch.Tensor | float = 0.0) -> torch.Tensor:
-    """Targets of every token of a clip (see patch_targets), flattened per token."""
-    return patch_targets(patchify(clip, tubelet, patch), norm, std_floor)
-
-
 def split_motion(targets: torch.Tensor, tubelet: int) -> torch.Tensor:
     """MAE-DFER's joint target from per-token targets (B, M, tubelet*p*p*C): the first frame keeps its
     pixels (appearance), every later frame becomes its difference to the first (facial motion)."""
     frames = targets.unflatten(2, (tubelet, -1))
     return torch.cat([frames[:, :, :1], frames[:, :, 1:] - frames[:, :, :1]], dim=2).flatten(2)
-
-
-def motion_targets(clip: torch.Tensor, tubelet: int, patch: int, norm: str = "normalised",
-                   std_floor: torch.Tensor | float = 0.0) -> torch.Tensor:
-    """MAE-DFER's joint target for every token: the tubelet patch is normalised as for the pixel target, then
-    split into appearance and motion (split_motion)."""
-    return split_motion(normalised_targets(clip, tubelet, patch, norm, std_floor), tubelet)
 
 
 def visible_count(num_tokens: int, mask_ratio: float) -> int:

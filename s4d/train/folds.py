@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from s4d.config import Params
-from s4d.io import write_json
+from s4d.io import read_json, write_json
 from s4d.stage import load_stage_params
 from s4d.train.inputs import InputsError, changed_inputs, stage_inputs
 from s4d.train.metrics import fold_file, summarise_folds
@@ -62,7 +62,7 @@ def run_stage(cmd: list[str], what: str) -> None:
 
 def run_folds(params_file: str, overrides: list[str], folds: list[int], out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    dataset = None
+    dataset, per_fold = None, {}
     for fold in folds:
         args = ["--params", params_file, *overrides, *fold_overrides(out, fold)]
         params = load_stage_params(argparse.Namespace(params=params_file, overrides=args[2:]))
@@ -70,11 +70,13 @@ def run_folds(params_file: str, overrides: list[str], folds: list[int], out: Pat
         fold_dir = out / f"fold_{fold}"
         stamp = fold_dir / "done.json"
         inputs = fold_inputs(params)
-        if inputs is not None and stamp.is_file() and json.loads(stamp.read_text()) == json.loads(json.dumps(inputs)):
+        now = None if inputs is None else json.loads(json.dumps(inputs))  # as the stamp holds it
+        saved = read_json(stamp, None)
+        if now is not None and saved == now:
             print(f"fold {fold}: done before with the same params, kept", flush=True)
         else:
-            if inputs is not None and stamp.is_file():
-                changed = changed_inputs(json.loads(stamp.read_text()), json.loads(json.dumps(inputs)))
+            if now is not None and saved is not None:
+                changed = changed_inputs(saved, now)
                 print(f"fold {fold}: inputs changed since it was done ({'; '.join(changed[:4])}), running it again",
                       flush=True)
             stamp.unlink(missing_ok=True)
@@ -85,14 +87,12 @@ def run_folds(params_file: str, overrides: list[str], folds: list[int], out: Pat
             run_stage([*py, "s4d.train.evaluate", *args, "--checkpoint", str(fold_dir / "finetune" / "model.pt"),
                        "--out", str(fold_dir / "eval")], f"fold {fold}: evaluate")
             write_json(stamp, fold_inputs(params))
-        metrics = json.loads((fold_dir / "eval" / "metrics.json").read_text())
+        metrics = read_json(fold_dir / "eval" / "metrics.json")
         write_json(fold_file(out / "folds", fold), metrics)
+        per_fold[f"fold_{fold}"] = {t: {m: metrics[t][m] for m in ("uar", "war")}
+                                    for t in ("dynamic", "static") if t in metrics}
     summary = summarise_folds(out / "folds", dataset)
-    summary["per_fold"] = {f"fold_{k}": {t: {m: json.loads(fold_file(out / "folds", k).read_text())[t][m]
-                                             for m in ("uar", "war")}
-                                         for t in ("dynamic", "static")
-                                         if t in json.loads(fold_file(out / "folds", k).read_text())}
-                           for k in folds}
+    summary["per_fold"] = per_fold
     write_json(out / "summary.json", summary)
     return summary
 

@@ -34,7 +34,7 @@ import time
 
 from s4d.io import free_port
 from s4d.train.distributed import (TIMEOUT_ENV, Stopped, init_process_group, install_stop_handler,
-                                   is_collective_failure, rank, restore_handlers, shutdown,
+                                   is_collective_failure, rank, rank_from_env, restore_handlers, shutdown,
                                    unanswered_ranks, world_size)
 
 PR_SET_PDEATHSIG = 1
@@ -134,14 +134,23 @@ def relaunch(module: str, argv: list[str], nproc: int, launch_cfg) -> int:
                   grace_s=launch_cfg.grace_s)
 
 
-def run_worker(work, report=None, user_errors: tuple = ()) -> int:
-    """The worker side of a stage: join the launcher's process group (if any), checkpoint-and-stop on
-    SIGTERM, and turn the known failures into one line and an exit status: 2 for a user error, 143 when
-    stopped by a signal (resumable), 1 when another rank was lost (naming this rank and the world)."""
+class StageExit(Exception):
+    """A failure a stage words itself: rank 0 prints the message, the process exits with `code`."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def run_worker(work, report=None, user_errors: tuple = (), join=init_process_group) -> int:
+    """The worker side of a stage: join the launcher's process group (if any; `join` makes it, DeepSpeed's
+    for pretraining), checkpoint-and-stop on SIGTERM, and turn the known failures into one line and an exit
+    status: 2 for a user error, a StageExit's own code, 143 when stopped by a signal (resumable), 1 when
+    another rank was lost (naming this rank and the world)."""
     previous = install_stop_handler()
     broken = False
     try:
-        init_process_group()
+        join()
         result = work()
         if report is not None and rank() == 0:
             report(result)
@@ -150,6 +159,10 @@ def run_worker(work, report=None, user_errors: tuple = ()) -> int:
         if rank() == 0:
             print(f"error: {e}", file=sys.stderr)
         return 2
+    except StageExit as e:
+        if rank() == 0:
+            print(str(e), file=sys.stderr)
+        return e.code
     except Stopped as e:
         if rank() == 0:
             print(str(e), file=sys.stderr)
@@ -170,7 +183,7 @@ def lost_peer_message(error: BaseException) -> str:
     """The one line a rank prints when a collective failed: this rank, and the rank(s) and node(s) that were
     lost (the ones that did not answer in the rendezvous store), or node 0 when the store itself is out of
     reach."""
-    me, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    me, world = rank_from_env(), int(os.environ.get("WORLD_SIZE", 1))
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world)) or world
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     lost = unanswered_ranks()

@@ -50,10 +50,9 @@ from s4d.models.checkpoint import save_checkpoint
 from s4d.stage import load_stage_params, stage_parser
 from s4d.train.checkpoints import (OutOfSpace, ResumeRefused, claim, move_aside, out_of_space, own_entries,
                                    refusal, remove_all_own, remove_own)
-from s4d.train.distributed import (Dist, Stopped, init_distributed, install_stop_handler, is_collective_failure,
-                                   restore_handlers, shutdown, step_hook, stop_requested, use_bf16)
+from s4d.train.distributed import Dist, Stopped, init_distributed, step_hook, stop_requested, use_bf16
 from s4d.train.inputs import InputsError, changed_inputs, inputs_key, stage_inputs
-from s4d.train.launch import lost_peer_message, relaunch, under_launcher
+from s4d.train.launch import StageExit, relaunch, run_worker, under_launcher
 from s4d.train.probe import PositionMean, pooled_features, probe
 
 PRETRAIN_AUGMENT = Augment(scale=(0.5, 1.0), flip=True, rand_augment=False, erase_prob=0.0)
@@ -501,30 +500,17 @@ def main(argv: list[str] | None = None) -> int:
     if nproc > 1 and not under_launcher():  # not under a launcher yet: become one (s4d.train.launch)
         return relaunch("s4d.train.pretrain", ["--params", args.params, *(["--fresh"] if args.fresh else []),
                                                "--out", args.out, *args.overrides], nproc, params.launch)
-    previous, broken = install_stop_handler(), False  # SIGTERM / SIGINT: checkpoint at the next step, exit 143
-    try:
-        pretrain(params, Path(args.out), fresh=args.fresh)
-    except Stopped as e:
-        if os.environ.get("RANK", "0") == "0":
-            tqdm.write(str(e), file=sys.stderr)
-        return 143
-    except ResumeRefused as e:  # the user decides: resume with the old settings or start fresh
-        tqdm.write(f"pretrain refused: {e}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError, OutOfSpace) as e:  # missing/empty data, full disk: say so
-        tqdm.write(f"pretrain failed: {e}", file=sys.stderr)
-        return 1
-    except Exception as e:  # noqa: BLE001 - only a lost rank or a cut link is explained here
-        if int(os.environ.get("WORLD_SIZE", 1)) > 1 and is_collective_failure(e):
-            print(lost_peer_message(e), file=sys.stderr, flush=True)
-            broken = True  # tearing down a broken group can block: leave it to the process exit
-            return 1
-        raise
-    finally:
-        restore_handlers(previous)
-        if not broken:
-            shutdown()
-    return 0
+
+    def work() -> dict:
+        try:
+            return pretrain(params, Path(args.out), fresh=args.fresh)
+        except ResumeRefused as e:  # the user decides: resume with the old settings or start fresh
+            raise StageExit(2, f"pretrain refused: {e}") from None
+        except (FileNotFoundError, ValueError, OutOfSpace) as e:  # missing/empty data, full disk: say so
+            raise StageExit(1, f"pretrain failed: {e}") from None
+
+    # SIGTERM / SIGINT: checkpoint at the next step, exit 143; a lost rank is named (s4d.train.launch)
+    return run_worker(work, join=init_distributed)
 
 
 if __name__ == "__main__":
