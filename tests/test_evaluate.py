@@ -196,3 +196,25 @@ def test_evaluate_rejects_mismatched_checkpoints(root, tmp_path):
     save_checkpoint(tmp_path / "mae.pt", MaskedAutoencoder(params.model))
     with contextlib.chdir(root), pytest.raises(EvaluateError, match="mae checkpoint"):
         evaluate(params, tmp_path / "mae.pt", tmp_path / "eval")
+
+
+def test_clips_are_taken_at_the_stride_the_model_was_trained_with(root, tmp_path):
+    """A fine-tuned checkpoint carries its params: evaluation samples frames as that model was trained, whatever
+    params.yaml says now (the gate re-scores an older champion with the candidate's params); files without
+    params (imported published models) use params' stride. Checked against the scores of the same weights
+    evaluated with the stride set explicitly."""
+    params = toydata.params(root / "prepared", "data.frame_stride=1")
+    model = S4DClassifier(params.model, 4, 0)
+    save_checkpoint(tmp_path / "bare.pt", model)  # no params recorded
+    save_checkpoint(tmp_path / "trained.pt", model, meta={"params": {"data": {"frame_stride": 1}}})
+    with contextlib.chdir(root):
+        explicit = evaluate(params, tmp_path / "bare.pt", tmp_path / "explicit")
+        recorded = evaluate(toydata.params(root / "prepared", "data.frame_stride=2"), tmp_path / "trained.pt",
+                            tmp_path / "recorded")
+        other = evaluate(toydata.params(root / "prepared", "data.frame_stride=2"), tmp_path / "bare.pt",
+                         tmp_path / "other")
+    assert recorded["inputs"]["frame_stride"] == 1 and other["inputs"]["frame_stride"] == 2
+    scores = [pd.read_csv(tmp_path / name / "scores.csv") for name in ("explicit", "recorded", "other")]
+    probs = [s.filter(like="p_").to_numpy() for s in scores]
+    assert np.array_equal(probs[0], probs[1])
+    assert not np.allclose(probs[0], probs[2])  # the stride matters for these clips

@@ -110,6 +110,14 @@ def fold_of(rows: pd.DataFrame, default: int) -> int:
     return int(folds[0]) if len(folds) == 1 else int(default)
 
 
+def trained_stride(ckpt: dict, default: int) -> int:
+    """The frame stride a fine-tuned model saw (its params travel in the checkpoint), as its frame count does:
+    a model scored on frames spaced otherwise than it was trained on is scored on another task. Files
+    without it (published checkpoints) take params' stride."""
+    stride = ((ckpt.get("meta") or {}).get("params") or {}).get("data", {}).get("frame_stride")
+    return int(stride) if stride else default
+
+
 def evaluate(params: Params, checkpoint: Path = Path("artifacts/finetune/model.pt"),
              out_dir: Path = Path("artifacts/eval")) -> dict:
     """Evaluate `checkpoint` on the test splits; returns the dict written to `out_dir/metrics.json`.
@@ -135,7 +143,10 @@ def evaluate(params: Params, checkpoint: Path = Path("artifacts/finetune/model.p
     bf16 = use_bf16(params.finetune.precision)
     model.to(device).eval()
     precision.configure(model, model.cfg, bf16, train=False, device=device)  # fused or manual attention, measured
-    size, frames = model.cfg.img_size, model.cfg.num_frames
+    size, frames, stride = model.cfg.img_size, model.cfg.num_frames, trained_stride(ckpt, data.frame_stride)
+    if stride != data.frame_stride and main_rank:
+        print(f"note: frames {stride} apart, as {checkpoint} was trained (params say data.frame_stride="
+              f"{data.frame_stride})")
 
     prepared = Path(data.prepared_dir)
     heads = {"dynamic": model.num_dynamic_classes, "static": model.num_static_classes}
@@ -164,7 +175,7 @@ def evaluate(params: Params, checkpoint: Path = Path("artifacts/finetune/model.p
             fold = fold_of(test, data.dynamic.fold)
         check_media(test, f"{task} ({prepared / (task + '.csv')})")
         if task == "dynamic":
-            dataset = ClipDataset(test, DATA_ROOT, size, frames, data.frame_stride, augment=None, clips=cfg.clips,
+            dataset = ClipDataset(test, DATA_ROOT, size, frames, stride, augment=None, clips=cfg.clips,
                                   crops=cfg.crops, allowed=dataset_folders(data), transforms=data.transforms)
         else:
             dataset = ImageDataset(test, DATA_ROOT, size, augment=None, crops=cfg.crops, allowed=dataset_folders(data),
@@ -194,7 +205,7 @@ def evaluate(params: Params, checkpoint: Path = Path("artifacts/finetune/model.p
 
     report = {**results, "fold": fold, "dataset": data.dynamic.reader, "checkpoint": str(checkpoint),
               "views": {"clips": cfg.clips, "crops": cfg.crops},
-              "inputs": {"transforms": data.transforms, "frame_stride": data.frame_stride}}
+              "inputs": {"transforms": data.transforms, "frame_stride": stride}}
     if "static" in results:
         report["static_dataset"] = data.static.reader
     if main_rank:
