@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     figures = {
         "method": "interleaved, order reversed each round, median and IQR (benchmarks/common.py)",
         "profile": params.profile, "overrides": args.overrides, "steps_per_call": args.steps, "rounds": args.rounds,
+        "input": {"img_size": size, "num_frames": frames, "frame_stride": stride},
         "data_workers": data.workers, "pretrain_batch": pt.batch_size, "finetune_batch": ft.batch_size,
         "video_mask_ratio": pt.video_mask_ratio, "target_norm": pt.target_norm,
         "precision": {"pretrain_bf16": pt_bf16, "finetune_bf16": ft_bf16,

@@ -31,8 +31,8 @@ class ServingSettings:
     segment_seconds: float = _env("S4D_SEGMENT_SECONDS", 1.0, "timeline resolution: one clip per segment (s)")
     max_segments: int = _env("S4D_MAX_SEGMENTS", 30, "most timeline segments per video (longer videos get "
                                                    "longer segments)")
-    detect_every: int = _env("S4D_DETECT_EVERY", 8, "run the face detector on every k-th sampled frame (8: one "
-                             "per timeline clip of 8 frames), interpolate in between; where the face appears, "
+    detect_every: int = _env("S4D_DETECT_EVERY", 8, "run the face detector on every k-th sampled frame, "
+                             "interpolate in between; where the face appears, "
                              "vanishes or jumps, every frame between is detected")
     detector: str = _env("S4D_FACE_DETECTOR", "mtcnn", "face detector backend: mtcnn | yunet")
     detect_side: int = _env("S4D_DETECT_SIDE", 320, "video frames are downscaled to this long side (px) for "
