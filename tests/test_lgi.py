@@ -53,7 +53,9 @@ def test_lgi_classifier_shapes_for_videos_images_and_short_clips():
 
 
 def test_region_that_does_not_divide_the_grid_is_refused_by_name(tmp_path):
-    with pytest.raises(ConfigError, match=r"models\.tiny\.lgi\.region: \[2, 3, 4\] .* token grid \[4, 8, 8\]"):
+    m = load_params(ROOT / "params.yaml", ["profile=tiny"]).model
+    grid = f"{m.num_frames // m.tubelet_size}, {m.img_size // m.patch_size}, {m.img_size // m.patch_size}"
+    with pytest.raises(ConfigError, match=rf"models\.tiny\.lgi\.region: \[2, 3, 4\] .* token grid \[{grid}\]"):
         load_params(ROOT / "params.yaml", ["models.tiny.encoder=lgi", "models.tiny.lgi.region=[2,3,4]"])
     with pytest.raises(ConfigError, match=r"models\.base\.lgi\.region"):
         load_params(ROOT / "params.yaml", ["models.base.encoder=lgi", "models.base.lgi.region=[3,5,10]"])
