@@ -470,7 +470,7 @@ def record_markdown(record: dict) -> str:
         lines.append(f"- gate: **{'passed' if gate.get('passed') else 'FAILED'}** "
                      + ("; ".join(gate.get("reasons") or gate.get("notes") or [])))
     if pkg:
-        lines.append(f"- package: " + (f"skipped ({pkg.get('reason')})" if pkg.get("skipped") else
+        lines.append("- package: " + (f"skipped ({pkg.get('reason')})" if pkg.get("skipped") else
                                        f"champion `{pkg.get('champion')}`, bento `{pkg.get('bento_tag', '-')}`"))
     if record.get("error"):
         lines += ["", f"**Error:** `{record['error']}`"]

@@ -28,7 +28,7 @@ import torch
 
 from s4d.data.faces import FaceDetector, align_face, track_faces
 from s4d.data.loaders import normalise, spatial_crops
-from s4d.models.checkpoint import build_model, read_checkpoint
+from s4d.models.checkpoint import build_model, read_checkpoint, trained_data
 from s4d.precision import configure as configure_attention
 from s4d.precision import use_bf16 as measured_bf16
 from s4d.registry import label_names
@@ -190,7 +190,7 @@ class Predictor:
         meta = dict(ckpt.get("meta") or {})
         if labels:
             meta["labels"] = labels
-        data = (meta.get("params") or {}).get("data") or {}
+        data = trained_data(ckpt)
         kwargs.setdefault("face_size", int(data.get("face_size", 112)))
         kwargs.setdefault("frame_stride", int(data.get("frame_stride", 2)))
         names = label_names(meta, model.num_dynamic_classes, model.num_static_classes)

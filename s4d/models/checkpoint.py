@@ -89,6 +89,12 @@ def convert_published(published: Published) -> Converted:
         raise CheckpointError(str(e)) from None
 
 
+def trained_data(ckpt: dict) -> dict:
+    """The `data` params a fine-tuned checkpoint was trained with (frame stride, face size, ...), which travel
+    in its meta; {} for files that do not record them (imported published checkpoints)."""
+    return ((ckpt.get("meta") or {}).get("params") or {}).get("data") or {}
+
+
 def build_model(ckpt: dict) -> nn.Module:
     """Rebuild the model an s4d-ops checkpoint describes and load it strictly."""
     if ckpt.get("kind") not in ("mae", "classifier"):

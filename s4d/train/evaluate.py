@@ -28,7 +28,7 @@ from s4d.config import Params
 from s4d.data.loaders import ClipDataset, ImageDataset
 from s4d.data.manifest import dataset_folders, read_manifest
 from s4d.io import write_csv, write_json
-from s4d.models.checkpoint import CheckpointError, build_model, read_checkpoint
+from s4d.models.checkpoint import CheckpointError, build_model, read_checkpoint, trained_data
 from s4d.models.classifier import S4DClassifier
 from s4d.train.distributed import barrier, gather_objects, rank, use_bf16
 from s4d.train.finetune import DATA_ROOT, pick_device, sharded_predict, task_metrics
@@ -110,14 +110,6 @@ def fold_of(rows: pd.DataFrame, default: int) -> int:
     return int(folds[0]) if len(folds) == 1 else int(default)
 
 
-def trained_stride(ckpt: dict, default: int) -> int:
-    """The frame stride a fine-tuned model saw (its params travel in the checkpoint), as its frame count does:
-    a model scored on frames spaced otherwise than it was trained on is scored on another task. Files
-    without it (published checkpoints) take params' stride."""
-    stride = ((ckpt.get("meta") or {}).get("params") or {}).get("data", {}).get("frame_stride")
-    return int(stride) if stride else default
-
-
 def evaluate(params: Params, checkpoint: Path = Path("artifacts/finetune/model.pt"),
              out_dir: Path = Path("artifacts/eval")) -> dict:
     """Evaluate `checkpoint` on the test splits; returns the dict written to `out_dir/metrics.json`.
@@ -143,7 +135,10 @@ def evaluate(params: Params, checkpoint: Path = Path("artifacts/finetune/model.p
     bf16 = use_bf16(params.finetune.precision)
     model.to(device).eval()
     precision.configure(model, model.cfg, bf16, train=False, device=device)  # fused or manual attention, measured
-    size, frames, stride = model.cfg.img_size, model.cfg.num_frames, trained_stride(ckpt, data.frame_stride)
+    # Clips as the model was trained (frame count and stride from the checkpoint): frames spaced otherwise are
+    # another task. Files that do not record a stride (published checkpoints) take params'.
+    size, frames = model.cfg.img_size, model.cfg.num_frames
+    stride = int(trained_data(ckpt).get("frame_stride") or data.frame_stride)
     if stride != data.frame_stride and main_rank:
         print(f"note: frames {stride} apart, as {checkpoint} was trained (params say data.frame_stride="
               f"{data.frame_stride})")
