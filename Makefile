@@ -42,7 +42,7 @@ test-heavy: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all
 
-# The reproduction grid: every arm x 3 seeds on the embedded data, then the report. Resumable: a
+# The reproduction grid: every arm x 5 seeds on the embedded data, then the report. Resumable: a
 # finished run is skipped, so running it again continues where it stopped. Options go in GRID_ARGS, e.g.
 # `make grid GRID_ARGS="--budget short --seeds 1"`; GRID_SHARDS=N runs N shard processes side by side with
 # one thread each (the committed report: `make grid GRID_ARGS="--budget laptop" GRID_SHARDS=2`).

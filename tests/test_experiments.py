@@ -68,6 +68,15 @@ def test_grid_writes_one_record_per_arm_and_seed(project):
             r = record(root, arm, seed)
             assert (r["arm"], r["seed"], r["budget"]) == (arm, seed, "default")
             assert {f"pretrain.seed={seed}", f"finetune.seed={seed}", "profile=tiny"} <= set(r["overrides"])
+            # fp32 on every machine: `auto` would resolve to bf16 on some CPUs under the same record key
+            assert {"pretrain.precision=fp32", "finetune.precision=fp32"} <= set(r["overrides"])
+            assert r["inputs"]["finetune.precision"] == "fp32"
+            # the record carries its pretraining's learning evidence, as the pretraining's summary has it
+            evidence = r["pretrain"]["evidence"]
+            summary = json.loads((root / r["pretrain"]["dir"] / "summary.json").read_text())
+            assert evidence["bf16"] is False and evidence["probe"] == summary["probe"]
+            assert evidence["baseline_loss"] == summary["baseline_loss"] and set(evidence["final_loss"]) == \
+                {"video", "image"}
             assert 0 <= r["dynamic"]["uar"] <= 1 and 0 <= r["dynamic"]["war"] <= 1
             assert set(r["dynamic"]["per_class_recall"]) == {"c0", "c1", "c2"}
         video, s4d = record(root, "pre_dual", seed), record(root, "ft_s4d", seed)

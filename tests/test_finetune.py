@@ -170,16 +170,18 @@ def test_best_checkpoint_is_the_best_val_epoch(joint, root):
     assert ckpt["meta"]["params"]["finetune"]["epochs"] == len(epochs)
     assert epochs["best"].sum() >= 1 and bool(epochs.loc[epochs["val_uar"].idxmax(), "best"])
 
-    # The saved weights reproduce the logged validation numbers of that epoch.
+    # The saved weights reproduce the logged validation numbers of that epoch, at the precision the run chose
+    # (`auto`: bf16 autocast on CPUs with fast bf16 units).
     model = build_model(ckpt)
     rows = read_manifest(root / "prepared" / "dynamic.csv").query("split == 'val'")
     with contextlib.chdir(root):
         labels, probs = predict(model, loader(ClipDataset(rows, ".", 32, 8, 1), 8, 0, torch.device("cpu")),
-                                torch.device("cpu"))
+                                torch.device("cpu"), bf16=summary["bf16"])
     metrics = task_metrics(labels, probs, toydata.VIDEO_CLASSES)
     assert metrics["uar"] == pytest.approx(best_row["val_uar"])
     assert metrics["war"] == pytest.approx(best_row["val_war"])
-    assert metrics["loss"] == pytest.approx(best_row["val_loss"], rel=1e-4)
+    # bf16 matmuls round differently with another batch layout: the loss agrees to bf16's ~3 digits
+    assert metrics["loss"] == pytest.approx(best_row["val_loss"], rel=2e-3 if summary["bf16"] else 1e-4)
 
 
 def test_early_stopping_with_patience_1(root):

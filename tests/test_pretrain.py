@@ -43,9 +43,11 @@ def test_pretraining_learns_and_writes_outputs(micro_project):
     cache = micro_project / "cache"
     done = run_module("s4d.train.pretrain", *ONE_RANK, cwd=micro_project, env={**ENV, "S4D_CACHE_DIR": str(cache)})
     assert done.returncode == 0, done.stderr[-3000:]
-    # the stage chose the attention kernel by the precision probe and applied it (printed, and cached)
-    assert "attention cpu fp32 train" in done.stderr
-    assert any("attention cpu fp32 train" in key for key in json.loads((cache / "precision.json").read_text()))
+    # the stage chose the precision and the attention kernel by the probes and applied them (printed, cached)
+    chosen = "bf16" if "precision: bf16 autocast on cpu (auto:" in done.stderr else "fp32"
+    assert chosen == "bf16" or "precision: fp32 on cpu (auto:" in done.stderr
+    assert f"attention cpu {chosen} train" in done.stderr
+    assert any(f"attention cpu {chosen} train" in key for key in json.loads((cache / "precision.json").read_text()))
     # learning evidence beside the loss: probes of the pretrained and the random encoder, the baseline
     summary = json.loads((micro_project / "artifacts/pretrain/summary.json").read_text())
     for modality in ("video", "image"):
@@ -66,6 +68,24 @@ def test_pretraining_learns_and_writes_outputs(micro_project):
     assert (out / "loss.png").stat().st_size > 5000
     assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_00000020", "step_00000024"]
     assert (out / "checkpoints/latest").read_text() == "step_00000024"
+
+
+def test_bf16_autocast_trains_fp32_weights(micro_project, tmp_path):
+    """precision bf16 (what `auto` picks on CPUs with fast bf16 units): the hmlp stem's BatchNorm runs under
+    autocast, and the exported weights stay fp32. DeepSpeed's own bf16 mode cast the parameters but not the
+    BatchNorm buffers, and the first step failed."""
+    project = copy_project(micro_project, tmp_path / "bf16")
+    done = run_module("s4d.train.pretrain", *ONE_RANK, "pretrain.epochs=2", "pretrain.precision=bf16",
+                      "pretrain.probe_samples=0", cwd=project, env=ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "precision: bf16 autocast on cpu (bf16: set in params)" in done.stderr
+    summary = json.loads((project / "artifacts/pretrain/summary.json").read_text())
+    assert summary["bf16"] is True and summary["steps"] == 8
+    state = weights(project)
+    assert {t.dtype for t in state.values() if t.is_floating_point()} == {torch.float32}
+    assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
+    log = losses(project)
+    assert len(log) == 8 and all(0.0 < loss < 3.0 for _, _, loss in log)
 
 
 def test_kill_and_resume_ends_with_the_same_weights(micro_project, tmp_path):

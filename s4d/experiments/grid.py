@@ -61,7 +61,9 @@ RUNS_DIR = EXPERIMENTS / "runs"
 RESULT = "result.json"
 PRETRAIN_STAMP = "grid.json"  # beside pretrain()'s outputs: what made them (the cache key)
 
-COMMON = ("profile=tiny",)
+# fp32 pinned: `precision: auto` picks bf16 on CPUs with fast bf16 units, which changes the numbers but not a
+# record's key, and a grid resumed over days may run on different machines.
+COMMON = ("profile=tiny", "pretrain.precision=fp32", "finetune.precision=fp32")
 VIDEO_ONLY = "finetune.static_share=0"
 MOAE = "models.tiny.moae"
 
@@ -75,6 +77,8 @@ PRETRAINING: dict[str, tuple[str, ...]] = {
     "dual_lgi": (LGI,),
 }
 
+
+EVIDENCE = ("final_loss", "baseline_loss", "mae_loss_on_probe_sample", "probe", "bf16")  # of pretrain's summary
 
 FROM_PARAMS = "params"  # an arm that starts where params' finetune.init says ("pretrain": the dual-modal MAE)
 
@@ -112,11 +116,11 @@ ARM_BY_NAME = {arm.name: arm for arm in ARMS}
 # Named training budgets: overrides applied to every run.
 BUDGETS: dict[str, tuple[str, ...]] = {
     "default": (),  # params.yaml's epochs
-    "laptop": ("finetune.epochs=8",),  # the committed report's: 3 seeds in ~75 min on 2 cores (2 shards)
+    "laptop": ("finetune.epochs=8",),  # make repro's fine-tune (8 epochs), fixed here if params.yaml changes
     "short": ("pretrain.epochs=1", "pretrain.warmup_epochs=0.25", "finetune.epochs=4",
               "finetune.warmup_epochs=0.5"),  # a quick look: the numbers are not the study's
 }
-DEFAULT_SEEDS = 3
+DEFAULT_SEEDS = 5  # a 2-point difference needs about 5 seeds per arm (docs/synthetic.md)
 
 
 class GridError(ValueError):
@@ -372,7 +376,9 @@ def train_and_evaluate(run: Run, plan: Plan) -> dict:
         "init": run.init,
         "pretrain": None if run.pretrain is None else {
             "kind": run.pretrain.kind, "dir": str(run.pretrain.dir),
-            "seconds": stamp["seconds"] if stamp else None},
+            "seconds": stamp["seconds"] if stamp else None,
+            # the learning evidence (MAE loss vs the per-position-mean baseline, linear probes) for the report
+            "evidence": {k: stamp["summary"][k] for k in EVIDENCE if k in stamp["summary"]} if stamp else None},
         "dynamic": task_result(metrics["dynamic"]), "static": task_result(metrics.get("static")),
         "routing": str(run.dir / "eval" / "routing.json"),
         "finetune": {"dir": str(run.dir / "finetune"), "best_epoch": summary["best_epoch"],

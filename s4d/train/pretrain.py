@@ -232,9 +232,11 @@ def pretrain(params: Params, out_dir: Path = Path("artifacts/pretrain"), fresh: 
     lr = cfg.base_lr * global_video_batch / 256
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+    # bf16 is torch autocast over fp32 weights, as in fine-tuning (and VideoMAE's amp), not DeepSpeed's bf16
+    # mode: that casts the parameters but not the buffers, and the hmlp stem's BatchNorm then refuses the mix.
     ds_config = {"train_micro_batch_size_per_gpu": cfg.batch_size, "gradient_accumulation_steps": 1,
                  "gradient_clipping": cfg.clip_grad, "zero_optimization": {"stage": cfg.zero_stage},
-                 "bf16": {"enabled": bf16}, "steps_per_print": 10 ** 9, "wall_clock_breakdown": False}
+                 "steps_per_print": 10 ** 9, "wall_clock_breakdown": False}
     engine, ds_optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     warmup = round(cfg.warmup_epochs * (video_steps + image_steps))
     scheduler = CosineLRScheduler(ds_optimizer, t_initial=total_steps, lr_min=cfg.min_lr,
@@ -260,7 +262,6 @@ def pretrain(params: Params, out_dir: Path = Path("artifacts/pretrain"), fresh: 
                 if image_steps else None}
     per_rank = {"video": cfg.batch_size, "image": cfg.image_batch_size}
     ratios = {"video": cfg.video_mask_ratio, "image": cfg.image_mask_ratio}
-    dtype = torch.bfloat16 if bf16 else torch.float32
     started, first_step = time.time(), step
     progress = tqdm(total=total_steps, initial=step, desc="pretrain", disable=not dist.is_main)
     per_epoch = video_steps + image_steps
@@ -281,11 +282,12 @@ def pretrain(params: Params, out_dir: Path = Path("artifacts/pretrain"), fresh: 
         for modality in order[index_in_epoch:]:
             tick = time.time()
             x, _ = next(loaders[modality])
-            x = x.to(dist.device, dtype)
+            x = x.to(dist.device)
             noise = masking_noise(engine.module.noise_shape(x, cfg.tube_masking and modality == "video"),
                                   cfg.seed, step, dist.rank, dist.world_size)
             scheduler.step_update(step)
-            out = engine(x, ratios[modality], cfg.tube_masking and modality == "video", noise.to(dist.device))
+            with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=bf16):
+                out = engine(x, ratios[modality], cfg.tube_masking and modality == "video", noise.to(dist.device))
             engine.backward(out.loss)
             engine.step()
             step += 1
