@@ -232,6 +232,20 @@ def test_report_table_matches_the_records(project, tmp_path, monkeypatch):
     for png in ("results.png", "routing_usage.png", "routing_paths.png", "routing_classes.png", "sfer_dfer.png"):
         assert (tmp_path / png).stat().st_size > 5000, png
         assert f"({png})" in readme
+    # the pretrainings' learning evidence per arm, from the pretraining summaries themselves
+    for arm in ("pre_dual", "ft_s4d"):
+        row = summary["evidence"][arm]
+        pretrained = [json.loads((root / record(root, arm, seed)["pretrain"]["dir"] / "summary.json").read_text())
+                      for seed in SEEDS]
+        assert row["kind"] == "dual" and row["n"] == 2
+        for modality in ("video", "image"):
+            probes = [s["probe"][modality]["pretrained"]["val_uar"] for s in pretrained]
+            assert row[modality]["probe_pretrained"]["mean"] == pytest.approx(statistics.mean(probes))
+            assert row[modality]["mae_loss"]["mean"] == pytest.approx(
+                statistics.mean(s["final_loss"][modality] for s in pretrained))
+            assert row[modality]["baseline_loss"]["std"] == pytest.approx(
+                statistics.stdev(s["baseline_loss"][modality] for s in pretrained))
+            assert f"| {arm} | dual | 2 | {modality} | {row[modality]['mae_loss']['mean']:.3f} ± " in readme
     assert summary["routing"]["seeds"] == [0, 1]
     routing = json.loads((root / record(root, "ft_s4d", 0)["routing"]).read_text())
     assert summary["routing"]["paths"][0]["top"] == routing["tasks"]["dynamic"]["top_paths"][:5]
@@ -273,6 +287,7 @@ def test_report_refuses_no_records_and_a_broken_record_and_keeps_the_last_report
 def test_verdict_rule():
     win = verdict([0.50, 0.52, 0.54], [0.30, 0.32, 0.34])
     assert win.reproduces and win.diff == pytest.approx(20.0) and win.pooled_std == pytest.approx(2.0)
+    assert win.se == pytest.approx(2.0 * math.sqrt(2 / 3))
     loss = verdict([0.30, 0.32, 0.34], [0.50, 0.52, 0.54])
     assert not loss.reproduces and loss.shortfall == pytest.approx(20.0)
     assert loss.text().startswith("does not reproduce, by 20.0 points")
@@ -308,7 +323,12 @@ def test_claims_on_hand_made_records(tmp_path):
     assert not video["uar"]["reproduces"] and video["uar"]["shortfall"] == pytest.approx(10.0)
     assert video["war"]["shortfall"] == pytest.approx(30.0)
     readme = (tmp_path / "out/README.md").read_text()
-    assert "UAR reproduces (d +20.0, s 1.0)" in readme
+    assert "UAR reproduces (d +20.0, s 1.0, SE of d 0.8)" in readme  # 1.0 * sqrt(1/3 + 1/3)
+    # resolution of the test split (n = 10 per record): one clip 10 points; binomial SE at the mean WAR of
+    # both arms, p = (0.60 + 0.62 + 0.61 + 0.40 + 0.41 + 0.42) / 6 = 0.51: 100 * sqrt(0.51 * 0.49 / 10)
+    assert dual["resolution"]["test_n"] == 10 and dual["resolution"]["clip_points"] == pytest.approx(10.0)
+    assert dual["resolution"]["binomial_se"] == pytest.approx(15.808, abs=1e-3)
+    assert "test split 10 clips (one clip 10.00 points of WAR, binomial SE of one run's WAR 15.8 points)" in readme
     assert "UAR does not reproduce, by 10.0 points" in readme
     assert claims["ft_s4d", "ft_video"]["uar"] is None and "not measured" in readme
 

@@ -70,7 +70,9 @@ RULE = ("A claim *reproduces* on a metric when the mean difference over seeds d 
         "mean(other arm) is > 0 and larger than the pooled standard deviation of the two arms' seed values, "
         "s = sqrt(((n1 - 1) s1^2 + (n2 - 1) s2^2) / (n1 + n2 - 2)) (s = 0 with one seed per arm). Otherwise it "
         "*does not reproduce, by X points*: X = -d when the order is reversed (d <= 0), else X = s - d (how far "
-        "the gain stays inside the seed noise). Differences are in percentage points of the dynamic test metric.")
+        "the gain stays inside the seed noise). Differences are in percentage points of the dynamic test metric. "
+        "Each claim also gives the standard error of d over seeds, s * sqrt(1/n1 + 1/n2), and what the test split "
+        "resolves in one run.")
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -145,11 +147,13 @@ class Verdict:
     pooled_std: float  # percentage points
     shortfall: float  # X of "does not reproduce, by X points"; 0 when it reproduces
     n: tuple[int, int]
+    se: float  # standard error of d from the seed noise, s * sqrt(1/n1 + 1/n2), points
 
     def text(self) -> str:
+        numbers = f"d {self.diff:+.1f}, s {self.pooled_std:.1f}, SE of d {self.se:.1f}"
         if self.reproduces:
-            return f"reproduces (d {self.diff:+.1f}, s {self.pooled_std:.1f})"
-        return f"does not reproduce, by {self.shortfall:.1f} points (d {self.diff:+.1f}, s {self.pooled_std:.1f})"
+            return f"reproduces ({numbers})"
+        return f"does not reproduce, by {self.shortfall:.1f} points ({numbers})"
 
 
 def verdict(better: list[float], worse: list[float]) -> Verdict | None:
@@ -159,7 +163,19 @@ def verdict(better: list[float], worse: list[float]) -> Verdict | None:
     d = 100 * (float(np.mean(better)) - float(np.mean(worse)))
     s = 100 * pooled_std(better, worse)
     ok = d > 0 and d > s
-    return Verdict(ok, d, s, 0.0 if ok else (abs(d) if d <= 0 else s - d), (len(better), len(worse)))
+    return Verdict(ok, d, s, 0.0 if ok else (abs(d) if d <= 0 else s - d), (len(better), len(worse)),
+                   s * math.sqrt(1 / len(better) + 1 / len(worse)))
+
+
+def split_resolution(records: list[dict]) -> dict | None:
+    """What one run's dynamic test WAR can resolve: test clips, one clip in points, and the binomial standard
+    error sqrt(p (1 - p) / n) at the runs' mean WAR p (which clips a model gets right, on top of the seeds)."""
+    rows = [r["dynamic"] for r in records if r.get("dynamic")]
+    if not rows:
+        return None
+    n = min(row["n"] for row in rows)
+    p = float(np.mean([row["war"] for row in rows]))
+    return {"test_n": n, "clip_points": 100 / n, "binomial_se": 100 * math.sqrt(p * (1 - p) / n)}
 
 
 def judge(arms: dict[str, list[dict]]) -> list[dict]:
@@ -170,8 +186,33 @@ def judge(arms: dict[str, list[dict]]) -> list[dict]:
             v = verdict(values(arms.get(claim.better, []), "dynamic", metric),
                         values(arms.get(claim.worse, []), "dynamic", metric))
             entry[metric] = None if v is None else {**asdict(v), "text": v.text()}
+        entry["resolution"] = split_resolution([*arms.get(claim.better, []), *arms.get(claim.worse, [])])
         out.append(entry)
     return out
+
+
+def evidence_table(arms: dict[str, list[dict]]) -> dict:
+    """Per arm fine-tuned from a pretraining of the grid: that MAE's learning evidence (its final loss beside
+    the per-position-mean baseline, and linear-probe val UAR of its encoder vs the random encoder it started
+    from), mean/std over the seeds, per modality the pretraining saw."""
+    table = {}
+    for name, records in arms.items():
+        found = [r["pretrain"] for r in records if (r.get("pretrain") or {}).get("evidence")]
+        if not found:
+            continue
+        row: dict = {"kind": found[0]["kind"], "n": len(found)}
+        for modality in ("video", "image"):
+            evidence = [f["evidence"] for f in found if modality in f["evidence"].get("final_loss", {})]
+            if evidence:
+                probe = [e["probe"][modality] for e in evidence if modality in e.get("probe", {})]
+                row[modality] = {
+                    "mae_loss": mean_std(e["final_loss"][modality] for e in evidence),
+                    "baseline_loss": mean_std(e["baseline_loss"][modality] for e in evidence
+                                              if modality in e.get("baseline_loss", {})),
+                    "probe_pretrained": mean_std(x["pretrained"]["val_uar"] for x in probe),
+                    "probe_random": mean_std(x["random_init"]["val_uar"] for x in probe)}
+        table[name] = row
+    return table
 
 
 # -------------------------------------------------------------------------------------------- routing
@@ -448,8 +489,34 @@ def claim_line(entry: dict) -> str:
     head = f"- **{entry['text']}** ({entry['better']} vs {entry['worse']}): "
     if entry["uar"] is None:
         return head + f"not measured (no records of {' and '.join(entry['missing'])})."
-    n = entry["uar"]["n"]
-    return head + f"UAR {entry['uar']['text']}; WAR {entry['war']['text']}; n {n[0]}/{n[1]}."
+    n, res = entry["uar"]["n"], entry["resolution"]
+    return head + (f"UAR {entry['uar']['text']}; WAR {entry['war']['text']}; n {n[0]}/{n[1]} seeds; test split "
+                   f"{res['test_n']:,} clips (one clip {res['clip_points']:.2f} points of WAR, binomial SE of one "
+                   f"run's WAR {res['binomial_se']:.1f} points).")
+
+
+def evidence_lines(table: dict) -> list[str]:
+    if not table:
+        return ["No arm here was fine-tuned from a pretraining of the grid (with `finetune.init: scratch` only the "
+                "pretraining study's arms are)."]
+    lines = ["The MAE each arm was fine-tuned from (s4d.train.pretrain's learning evidence), mean ± std over "
+             "seeds: its final training loss beside the loss of a per-position-mean guess that ignores the input "
+             "(lower than the baseline = it uses the visible patches), and the val UAR in % of a linear probe on "
+             "its frozen encoder beside the same probe on the random encoder it started from.", "",
+             "| arm | pretraining | n | modality | MAE loss | baseline loss | probe UAR pretrained | "
+             "probe UAR random init |", "|---|---|---|---|---|---|---|---|"]
+
+    def loss(stats: dict) -> str:
+        return "-" if stats["mean"] is None else f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+
+    for name, row in table.items():
+        for modality in ("video", "image"):
+            if modality in row:
+                m = row[modality]
+                lines.append(f"| {name} | {row['kind']} | {row['n']} | {modality} | {loss(m['mae_loss'])} | "
+                             f"{loss(m['baseline_loss'])} | {cell(m['probe_pretrained'])} | "
+                             f"{cell(m['probe_random'])} |")
+    return lines
 
 
 def routing_lines(analysis: dict, figures: set[str]) -> list[str]:
@@ -539,6 +606,7 @@ def readme(records: list[dict], summary: dict, figures: set[str], kept: dict[str
         lines += [f"### {title}", "", *table_lines(summary["table"], study), ""]
     if "results.png" in figures:
         lines += ["![dynamic test UAR and WAR per arm](results.png)", ""]
+    lines += ["## What the pretrainings learned", "", *evidence_lines(summary["evidence"]), ""]
     lines += ["## Claims", "", RULE, "", "### The paper's claims", ""]
     lines += [claim_line(e) for e in summary["claims"] if e["paper"]]
     lines += ["", "### Ablation observations", ""]
@@ -560,6 +628,7 @@ def build_report(runs_dir: Path = RUNS_DIR, out_dir: Path = REPORTS) -> dict:
     arms = by_arm(records)
     routing_runs = load_routing(arms.get(S4D_ARM, []))
     summary = {"records": len(records), "table": results_table(arms), "claims": judge(arms),
+               "evidence": evidence_table(arms),
                "routing": routing_analysis(routing_runs),
                "per_class": per_class_analysis(arms.get(S4D_ARM, []), arms.get(VIDEO_ARM, []))}
     if arms:
