@@ -392,12 +392,14 @@ def test_imported_s4d_is_evaluated_promoted_and_served(micro_project, tmp_path):
     x = torch.from_numpy(clip).permute(0, 4, 1, 2, 3).float() / 255
     mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1, 1)  # ImageNet, as the official models
     std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1, 1)
-    with torch.no_grad():
-        expected = model((x - mean) / std).softmax(dim=-1).numpy()
     with ServiceProcess("serving.service:S4DService", home, tmp_path / "serve.log") as service:
         info = requests.get(f"{service.url}/model", timeout=10).json()
+        health = requests.get(f"{service.url}/health", timeout=10).json()
         answer = requests.post(f"{service.url}/classify_clips", json={"clips": encode_compact(clip)}, timeout=60)
     assert answer.status_code == 200, answer.text
+    # the reference at the precision the server reports (`auto`: bf16 autocast on CPUs with fast bf16 units)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=health["dtype"] == "bfloat16"):
+        expected = model((x - mean) / std).float().softmax(dim=-1).numpy()
     assert "c0" in str(info) and np.allclose(np.asarray(answer.json()), expected, atol=1e-4)
 
 

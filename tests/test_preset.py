@@ -255,9 +255,11 @@ def test_evaluate_with_the_paper_preset_on_an_imported_s4d_model(tmp_path, monke
                                                    axis=1) for idx in clips[v]]) for v in range(3)]),
                      dtype=torch.float32)  # (videos, 2 clips, C, T, H, W)
     images = torch.tensor(np.stack([official_normalise(pil_squash(s, 32)) for s in stills]), dtype=torch.float32)
-    with torch.no_grad():  # one batch of every view, as evaluate forwards it (the MoE capacity is per batch)
-        expected = model(x.flatten(0, 1)).softmax(dim=-1).view(3, 2, -1).mean(dim=1).numpy()
-        expected_static = model(images).softmax(dim=-1).numpy()
+    # one batch of every view, as evaluate forwards it (the MoE capacity is per batch), at the precision it chose
+    bf16 = "precision: bf16 autocast" in runs["paper"].stderr
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        expected = model(x.flatten(0, 1)).float().softmax(dim=-1).view(3, 2, -1).mean(dim=1).numpy()
+        expected_static = model(images).float().softmax(dim=-1).numpy()
     scores = {name: pd.read_csv(tmp_path / f"eval_{name}/scores.csv")[["p_c0", "p_c1", "p_c2"]].to_numpy()
               for name in ("paper", "ours")}
     static = pd.read_csv(tmp_path / "eval_paper/scores_static.csv")[["p_c0", "p_c1", "p_c2"]].to_numpy()
@@ -265,5 +267,6 @@ def test_evaluate_with_the_paper_preset_on_an_imported_s4d_model(tmp_path, monke
     gaps = [np.abs(scores["paper"] - expected).max(), np.abs(static - expected_static).max(),
             np.abs(scores["ours"] - expected).max()]
     print("max |probability difference| paper video, paper stills, ours video:", gaps)
-    assert gaps[0] < 5e-3 and gaps[1] < 5e-3, gaps
+    tol = 1e-2 if bf16 else 5e-3  # bf16's 8-bit mantissa roughly doubles those gaps (measured 5.2e-3 on stills)
+    assert gaps[0] < tol and gaps[1] < tol, gaps
     assert gaps[2] > 2e-2, gaps  # the preset changed what the model saw

@@ -368,7 +368,9 @@ def test_health_readiness_and_metadata(server, store):
     assert requests.get(f"{server.url}/livez", timeout=5).status_code == 200
     health = requests.get(f"{server.url}/health", timeout=5).json()
     assert health["status"] == "ok" and health["ready"] and health["model"] == store["tag"]
-    assert health["device"] == "cpu" and health["dtype"] == "float32"
+    # S4D_BF16=auto: what this machine's cached precision probe says (bf16 on CPUs with fast bf16 units)
+    from s4d.precision import use_bf16
+    assert health["device"] == "cpu" and health["dtype"] == ("bfloat16" if use_bf16("auto", "cpu") else "float32")
     meta = requests.get(f"{server.url}/model", timeout=5).json()
     assert meta == requests.post(f"{server.url}/metadata", json={}, timeout=5).json()
     assert meta["tag"] == store["tag"] and meta["version"] == store["tag"].split(":")[1]
