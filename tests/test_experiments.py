@@ -294,7 +294,11 @@ def test_verdict_rule():
     noise = verdict([0.40, 0.50, 0.60], [0.38, 0.48, 0.58])  # +2 points inside a 10-point spread
     assert not noise.reproduces and noise.shortfall == pytest.approx(8.0)
     assert pooled_std([0.1, 0.3], [0.2, 0.2, 0.2, 0.2]) == pytest.approx(math.sqrt(0.02 / 4))
-    assert verdict([0.5], [0.4]).reproduces and verdict([0.5], []) is None
+    assert verdict([0.5], []) is None
+    single = verdict([0.5, 0.52], [0.4])  # one seed on one side: no seed noise to judge against
+    assert not single.judged and not single.reproduces and single.diff == pytest.approx(11.0)
+    assert single.text() == "not judged yet (d +11.0 from 2/1 seeds; a verdict needs 2 seeds per arm)"
+    assert win.judged and loss.judged
 
 
 def write_record(runs, arm, seed, dynamic, static=None):

@@ -26,6 +26,7 @@ from s4d.io import read_json, save_figure, write_json, write_text
 from s4d.train.metrics import mean_std
 
 REPORTS = Path("reports")
+MIN_SEEDS = 2  # per arm, for a verdict: one seed has no seed noise to compare a difference with
 HAND_WRITTEN = ("discussion", "recipe")  # README blocks that the generator keeps
 RECIPE_START, RECIPE_END = "<!-- recipe -->", "<!-- /recipe -->"
 TASKS = ("dynamic", "static")
@@ -68,7 +69,8 @@ CLAIMS: tuple[Claim, ...] = (
 
 RULE = ("A claim *reproduces* on a metric when the mean difference over seeds d = mean(expected better arm) - "
         "mean(other arm) is > 0 and larger than the pooled standard deviation of the two arms' seed values, "
-        "s = sqrt(((n1 - 1) s1^2 + (n2 - 1) s2^2) / (n1 + n2 - 2)) (s = 0 with one seed per arm). Otherwise it "
+        "s = sqrt(((n1 - 1) s1^2 + (n2 - 1) s2^2) / (n1 + n2 - 2)); an arm with one seed has no s, and its "
+        "claims are *not judged yet*. Otherwise it "
         "*does not reproduce, by X points*: X = -d when the order is reversed (d <= 0), else X = s - d (how far "
         "the gain stays inside the seed noise). Differences are in percentage points of the dynamic test metric. "
         "Each claim also gives the standard error of d over seeds, s * sqrt(1/n1 + 1/n2), and what the test split "
@@ -148,9 +150,13 @@ class Verdict:
     shortfall: float  # X of "does not reproduce, by X points"; 0 when it reproduces
     n: tuple[int, int]
     se: float  # standard error of d from the seed noise, s * sqrt(1/n1 + 1/n2), points
+    judged: bool = True  # False: fewer than MIN_SEEDS seeds in an arm, no seed noise to judge d against
 
     def text(self) -> str:
         numbers = f"d {self.diff:+.1f}, s {self.pooled_std:.1f}, SE of d {self.se:.1f}"
+        if not self.judged:
+            return f"not judged yet (d {self.diff:+.1f} from {self.n[0]}/{self.n[1]} seeds; a verdict needs " \
+                   f"{MIN_SEEDS} seeds per arm)"
         if self.reproduces:
             return f"reproduces ({numbers})"
         return f"does not reproduce, by {self.shortfall:.1f} points ({numbers})"
@@ -162,9 +168,12 @@ def verdict(better: list[float], worse: list[float]) -> Verdict | None:
         return None
     d = 100 * (float(np.mean(better)) - float(np.mean(worse)))
     s = 100 * pooled_std(better, worse)
+    n = (len(better), len(worse))
+    se = s * math.sqrt(1 / n[0] + 1 / n[1])
+    if min(n) < MIN_SEEDS:
+        return Verdict(False, d, s, 0.0, n, se, judged=False)
     ok = d > 0 and d > s
-    return Verdict(ok, d, s, 0.0 if ok else (abs(d) if d <= 0 else s - d), (len(better), len(worse)),
-                   s * math.sqrt(1 / len(better) + 1 / len(worse)))
+    return Verdict(ok, d, s, 0.0 if ok else (abs(d) if d <= 0 else s - d), n, se)
 
 
 def split_resolution(records: list[dict]) -> dict | None:
