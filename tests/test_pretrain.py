@@ -172,3 +172,17 @@ def test_missing_prepared_data_is_a_clear_error(tmp_path):
     assert done.returncode == 1
     assert "pretrain failed: manifest artifacts/prepared/dynamic.csv does not exist" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_evidence_line_of_a_video_only_mae_names_the_untrained_modality():
+    """A video-only MAE (MAE-DFER, pretrain.image_step_share=0) has no image loss: said, not printed as nan."""
+    from s4d.train.pretrain import evidence_line
+
+    probe = {"pretrained": {"val_uar": 0.171, "val_accuracy": 0.167},
+             "random_init": {"val_uar": 0.083, "val_accuracy": 0.083}}
+    line = evidence_line({"probe": {"video": probe, "image": probe}, "final_loss": {"video": 0.8078},
+                          "mae_loss_on_probe_sample": {"video": 0.7291, "image": 0.9759},
+                          "baseline_loss": {"video": 0.7042, "image": 0.9241}})
+    video, image = line.splitlines()
+    assert video.startswith("video: MAE loss 0.8078 (last steps), 0.7291 on the probe sample")
+    assert image.startswith("image: no MAE training steps, 0.9759 on the probe sample") and "nan" not in line

@@ -417,8 +417,10 @@ def evidence_line(summary: dict) -> str:
     """One line per modality: the final MAE loss beside the baseline, and the probes' val UAR."""
     lines = []
     for modality, probes in summary.get("probe", {}).items():
+        final = summary["final_loss"].get(modality)  # None: no training step on this modality (video-only MAE)
+        trained = f"MAE loss {final:.4f} (last steps)" if final is not None else "no MAE training steps"
         lines.append(
-            f"{modality}: MAE loss {summary['final_loss'].get(modality, float('nan')):.4f} (last steps), "
+            f"{modality}: {trained}, "
             f"{summary['mae_loss_on_probe_sample'][modality]:.4f} on the probe sample; per-position-mean "
             f"baseline {summary['baseline_loss'][modality]:.4f}; linear probe val UAR "
             f"{probes['pretrained']['val_uar']:.3f} pretrained vs {probes['random_init']['val_uar']:.3f} random "
