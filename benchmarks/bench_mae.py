@@ -71,13 +71,13 @@ def main(argv: list[str] | None = None) -> None:
     pt_bf16 = use_bf16(pt.precision)
     mae = build_mae(params)
     pt_fused = precision.configure(mae, cfg, pt_bf16, train=True, device=dist.device)
+    # bf16: autocast over fp32 weights with DeepSpeed in fp32, as the stage (DeepSpeed's bf16 mode breaks BatchNorm)
     engine, _, _, _ = deepspeed.initialize(
         model=mae, optimizer=torch.optim.AdamW(mae.parameters(), lr=1e-4, betas=(0.9, 0.95)),
         config={"train_micro_batch_size_per_gpu": pt.batch_size, "gradient_accumulation_steps": 1,
                 "gradient_clipping": pt.clip_grad, "zero_optimization": {"stage": pt.zero_stage},
-                "bf16": {"enabled": pt_bf16}, "steps_per_print": 10 ** 9})
+                "steps_per_print": 10 ** 9})
     pt_set = ClipDataset(videos, ".", size, frames, stride, PRETRAIN_AUGMENT, seed=pt.seed, allowed=folders)
-    pt_dtype = torch.bfloat16 if pt_bf16 else torch.float32
 
     # ---- fine-tuning, as s4d.train.finetune builds it
     ft_bf16 = use_bf16(ft.precision)
@@ -92,10 +92,11 @@ def main(argv: list[str] | None = None) -> None:
     step_no = {"pretrain": 0}
 
     def pretrain_step(x: torch.Tensor) -> None:
-        x = x.to(dist.device, pt_dtype)
+        x = x.to(dist.device)
         step_no["pretrain"] += 1
         noise = masking_noise(engine.module.noise_shape(x, pt.tube_masking), pt.seed, step_no["pretrain"], 0, 1)
-        out = engine(x, pt.video_mask_ratio, pt.tube_masking, noise.to(dist.device))
+        with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=pt_bf16):
+            out = engine(x, pt.video_mask_ratio, pt.tube_masking, noise.to(dist.device))
         engine.backward(out.loss)
         engine.step()
 

@@ -37,14 +37,15 @@ def worker(profile: str, zero: int, precision: str, steps: int, batch: int) -> N
     bf16 = use_bf16(precision)
     model = MaskedAutoencoder(cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    # bf16: autocast over fp32 weights with DeepSpeed in fp32, as s4d.train.pretrain runs it
     engine, ds_opt, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config={
-        "train_micro_batch_size_per_gpu": batch, "zero_optimization": {"stage": zero}, "bf16": {"enabled": bf16},
+        "train_micro_batch_size_per_gpu": batch, "zero_optimization": {"stage": zero},
         "gradient_clipping": 1.0, "steps_per_print": 10 ** 9})
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    clips = torch.randn(batch, 3, cfg.num_frames, cfg.img_size, cfg.img_size, device=dist.device, dtype=dtype)
+    clips = torch.randn(batch, 3, cfg.num_frames, cfg.img_size, cfg.img_size, device=dist.device)
 
     def step():
-        out = engine(clips, 0.9)
+        with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = engine(clips, 0.9)
         engine.backward(out.loss)
         engine.step()
 

@@ -11,16 +11,20 @@ import subprocess
 import sys
 import time
 
+import cv2
 import numpy as np
 import pytest
 
 from conftest import MICRO_MODEL, ROOT, run_module, write_micro_dataset
+from s4d.data.manifest import read_manifest
 from s4d.experiments.grid import GridError, build_plan, parse_shard, run_cost, run_state, shard_runs
 from s4d.experiments.report import RECIPE_END, RECIPE_START, ReportError, build_report, pooled_std, verdict
 
 MICRO_GRID = MICRO_MODEL + ["pretrain.epochs=1", "pretrain.batch_size=8", "pretrain.image_batch_size=16",
                             "finetune.epochs=1", "finetune.batch_size=8", "finetune.image_batch_size=8",
-                            "evaluate.clips=1", "finetune.init=pretrain"]  # the paper's protocol
+                            "evaluate.clips=1", "finetune.init=pretrain",  # the paper's protocol
+                            "data.pool.reader=folder", "data.pool.root=pool"]  # the pretrainings read this pool
+POOL_CLIPS, POOL_STILLS = 16, 32
 ARMS = ["pre_dual", "ft_video", "ft_s4d"]  # ft_video is the same run as pre_dual; both arms use dual pretraining
 SEEDS = (0, 1)
 ENV = {"OMP_NUM_THREADS": "1"}
@@ -50,11 +54,35 @@ def outputs(project):
     return {p: p.stat().st_mtime_ns for p in (project / "experiments").rglob("*") if p.is_file()}
 
 
+def write_micro_pool(root):
+    """An unlabelled pool (root/pool: frame folders and stills, the `folder` layout) of grey moving squares
+    unlike the labelled frames, and its prepared manifests, as prepare writes them with data.pool set."""
+    from s4d.data.manifest import write_manifest
+    from s4d.data.readers import read_pool_folder
+
+    rng = np.random.default_rng(1)
+    for i in range(POOL_CLIPS):
+        folder = root / "pool/videos" / f"{i:05d}"
+        folder.mkdir(parents=True)
+        for t in range(6):
+            img = np.full((40, 40, 3), 90, np.uint8) + rng.integers(0, 20, (40, 40, 3), dtype=np.uint8)
+            img[10:20, 5 + 4 * t:15 + 4 * t] = 220
+            cv2.imwrite(str(folder / f"{t + 1:05d}.jpg"), img)
+    (root / "pool/images").mkdir(parents=True)
+    for i in range(POOL_STILLS):
+        cv2.imwrite(str(root / "pool/images" / f"{i:05d}.jpg"), rng.integers(60, 200, (40, 40, 3), dtype=np.uint8))
+    rows = read_pool_folder(root / "pool")
+    rows["path"] = "pool/" + rows["path"]
+    for modality, name in (("video", "pool_dynamic.csv"), ("image", "pool_static.csv")):
+        write_manifest(rows[rows["modality"] == modality], root / "artifacts/prepared" / name)
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """The micro project after one grid run (the first invocation's output kept for the tests)."""
     root = tmp_path_factory.mktemp("grid")
     write_micro_dataset(root)
+    write_micro_pool(root)
     first = grid(root)
     return root, first
 
@@ -75,6 +103,8 @@ def test_grid_writes_one_record_per_arm_and_seed(project):
             evidence = r["pretrain"]["evidence"]
             summary = json.loads((root / r["pretrain"]["dir"] / "summary.json").read_text())
             assert evidence["bf16"] is False and evidence["probe"] == summary["probe"]
+            # the MAE saw the unlabelled pool alone (the paper's setting), not the labelled sets
+            assert evidence["data"] == {"read": "pool", "videos": POOL_CLIPS, "images": POOL_STILLS}
             assert evidence["baseline_loss"] == summary["baseline_loss"] and set(evidence["final_loss"]) == \
                 {"video", "image"}
             assert 0 <= r["dynamic"]["uar"] <= 1 and 0 <= r["dynamic"]["war"] <= 1
@@ -238,6 +268,7 @@ def test_report_table_matches_the_records(project, tmp_path, monkeypatch):
         pretrained = [json.loads((root / record(root, arm, seed)["pretrain"]["dir"] / "summary.json").read_text())
                       for seed in SEEDS]
         assert row["kind"] == "dual" and row["n"] == 2
+        assert row["data"] == f"pool: {POOL_CLIPS} clips, {POOL_STILLS} stills"
         for modality in ("video", "image"):
             probes = [s["probe"][modality]["pretrained"]["val_uar"] for s in pretrained]
             assert row[modality]["probe_pretrained"]["mean"] == pytest.approx(statistics.mean(probes))
@@ -245,7 +276,8 @@ def test_report_table_matches_the_records(project, tmp_path, monkeypatch):
                 statistics.mean(s["final_loss"][modality] for s in pretrained))
             assert row[modality]["baseline_loss"]["std"] == pytest.approx(
                 statistics.stdev(s["baseline_loss"][modality] for s in pretrained))
-            assert f"| {arm} | dual | 2 | {modality} | {row[modality]['mae_loss']['mean']:.3f} ± " in readme
+            assert f"| {arm} | dual | {row['data']} | 2 | {modality} | {row[modality]['mae_loss']['mean']:.3f} ± " \
+                in readme
     assert summary["routing"]["seeds"] == [0, 1]
     routing = json.loads((root / record(root, "ft_s4d", 0)["routing"]).read_text())
     assert summary["routing"]["paths"][0]["top"] == routing["tasks"]["dynamic"]["top_paths"][:5]
@@ -373,3 +405,75 @@ def test_method_family_arms_pretrain_and_finetune_the_lgi_former(project, monkey
         assert run.params.model.encoder == run.pretrain.params.model.encoder == "lgi"
         assert run.params.finetune.init == str(run.pretrain.dir / "model.pt")
     assert maedfer.params.finetune.static_share == 0 and s4d_lgi.params.finetune.static_share > 0
+
+
+def test_pretrainings_are_keyed_by_the_pool_and_scratch_fine_tunes_are_not(project, monkeypatch):
+    """Every pretraining reads the pool (params' own here, data.pool set): another pool redoes the
+    pretrainings and the runs that start from them, never a fine-tune from scratch."""
+    root, _ = project
+    monkeypatch.chdir(root)
+    scratch = [o for o in MICRO_GRID if not o.startswith("finetune.init")] + ["finetune.init=scratch"]
+
+    def keys():
+        plan = build_plan(arms=["pre_none", "pre_dual"], seeds=1, overrides=scratch)
+        assert plan.pool == ("pretrain.data=pool",)
+        assert [j.params.pretrain.data for j in plan.pretrainings] == ["pool"]
+        return {r.arm.name: r.key for r in plan.runs} | {"pretraining": plan.pretrainings[0].key}
+
+    before = keys()
+    manifest = root / "artifacts/prepared/pool_dynamic.csv"
+    saved = manifest.read_bytes()
+    try:
+        manifest.write_bytes(b"\n".join(saved.rstrip(b"\n").split(b"\n")[:-1]) + b"\n")  # one pool clip fewer
+        after = keys()
+    finally:
+        manifest.write_bytes(saved)
+    assert after["pre_none"] == before["pre_none"]
+    assert after["pretraining"] != before["pretraining"] and after["pre_dual"] != before["pre_dual"]
+    assert keys() == before
+
+
+def test_the_embedded_pool_is_rendered_and_prepared_for_the_pretrainings(tmp_path, monkeypatch):
+    """On the embedded data without a pool in params (make repro's default), the grid renders the generator's
+    pool of the same synthetic config into experiments/synthetic and prepares it beside byte-identical copies
+    of the labelled manifests; its people are new and no label is written; a second call renders nothing."""
+    from s4d.config import load_params
+    from s4d.data.prepare import prepare
+    from s4d.data.synthetic.generate import generate
+    from s4d.experiments.grid import EMBEDDED_POOL, POOL_PREPARED, prepare_pool
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    micro = ["synthetic.video_identities=5", "synthetic.clips_per_identity=2", "synthetic.num_frames=4",
+             "synthetic.frame_size=48", "synthetic.image_size=40", "synthetic.image_identity_ratio=2.0",
+             "synthetic.test_identities=0", "synthetic.image_test_identities=0", "data.workers=1"]
+    base = load_params("params.yaml", micro)
+    assert base.data.pool.reader == "none" and base.synthetic.pool_identity_ratio == 0  # what make repro renders
+    generate(base.synthetic, workers=1, progress=False)  # the generate and prepare stages, as dvc repro runs them
+    prepare(base)
+    scratch_key = build_plan(arms=["pre_none"], seeds=1, overrides=micro).runs[0].key
+    plan = build_plan(arms=["pre_dual"], seeds=1, overrides=micro)
+    assert plan.pool == EMBEDDED_POOL
+    job = plan.pretrainings[0]
+    assert (job.params.pretrain.data, job.params.data.pool.reader) == ("pool", "synthetic_pool")
+
+    prepare_pool(base, "params.yaml", plan.common)
+    prepared = tmp_path / POOL_PREPARED
+    for name in ("dynamic.csv", "static.csv"):
+        assert (prepared / name).read_bytes() == (tmp_path / "artifacts/prepared" / name).read_bytes()
+    clips, stills = (read_manifest(prepared / n) for n in ("pool_dynamic.csv", "pool_static.csv"))
+    # 1.5 new people per labelled one: 5 video + 10 image identities -> 22 (round 22.5), one clip and still each
+    assert (len(clips), len(stills)) == (22, 22)
+    assert set(clips["label"]) == set(stills["label"]) == {-1}
+    labelled = {g for n in ("dynamic.csv", "static.csv") for g in read_manifest(prepared / n)["group"]}
+    assert len(labelled) == 15 and not labelled & (set(clips["group"]) | set(stills["group"]))
+    assert all(p.startswith("experiments/synthetic/pool/") for p in [*clips["path"], *stills["path"]])
+
+    again = build_plan(arms=["pre_dual", "pre_none"], seeds=1, overrides=micro)
+    assert again.pretrainings[0].key != job.key  # keyed with the pool it reads now
+    assert {r.arm.name: r.key for r in again.runs}["pre_none"] == scratch_key
+    def written():
+        return {p: p.stat().st_mtime_ns for p in (tmp_path / "experiments").rglob("*") if p.name != ".pool.lock"}
+    stamp = written()
+    prepare_pool(base, "params.yaml", plan.common)
+    assert written() == stamp

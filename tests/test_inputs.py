@@ -133,3 +133,28 @@ def test_the_start_checkpoint_counts_by_its_contents(project):
     start.unlink()
     with pytest.raises(InputsError, match="no such checkpoint file"):
         stage_inputs(params(f"finetune.init={start}"), "finetune")
+
+
+def test_auto_precision_is_keyed_by_the_choice_the_machine_makes(project, monkeypatch, tmp_path):
+    """`precision: auto` gives bf16 numbers on one CPU and fp32 on another: the key says which, so a result
+    made under one choice is not reused under the other; a pinned precision is keyed as written."""
+    from s4d import precision
+    from s4d.io import write_json
+    from s4d.train.inputs import inputs_key, settings, stage_inputs
+
+    monkeypatch.setenv("S4D_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    probe = f"{precision.machine_key()}|matmul"
+
+    def measured(speedup):
+        write_json(tmp_path / "cache/precision.json", {probe: {"fp32_s": 1.0, "bf16_s": 1 / speedup,
+                                                               "bf16_speedup": speedup}})
+        p = params("pretrain.precision=auto", "finetune.precision=auto")
+        return settings(p, "pretrain"), stage_inputs(p, "evaluate")
+
+    (fast_pre, fast), (slow_pre, slow) = measured(4.0), measured(1.0)
+    assert fast_pre["pretrain.precision"] == fast["finetune.precision"] == "auto (bf16)"
+    assert slow_pre["pretrain.precision"] == slow["finetune.precision"] == "auto (fp32)"
+    assert inputs_key(fast) != inputs_key(slow)
+    pinned = settings(params("finetune.precision=fp32"), "finetune")
+    assert pinned["finetune.precision"] == "fp32"

@@ -18,6 +18,10 @@ since a laptop-sized MAE is a worse start than random weights) or a checkpoint f
 Arms whose resolved params are identical are one run (ft_video is pre_dual, or pre_none when the fine-tunes
 start from scratch; experts8, top2 and layers3 are ft_s4d at the default MoAE): the first arm in the list
 trains, the others get a copy of its record.
+Every pretraining reads the unlabelled pool only (`pretrain.data=pool`), as the paper pretrains on unlabelled
+VoxCeleb2 + AffectNet: params.yaml's data.pool where it sets one, else the embedded data's pool, which the grid
+renders (s4d.data.synthetic, synthetic.pool_identity_ratio=1.5) into experiments/synthetic/ and prepares into
+experiments/prepared/ before its first pretraining (POOL).
 Pretraining is shared per (kind, seed). A run whose record exists and was made from the same params, data
 and pretraining (its `key`) is skipped, so re-running the command continues where it stopped; a record
 with another key (params.yaml, the budget or the data changed) is redone.
@@ -77,8 +81,20 @@ PRETRAINING: dict[str, tuple[str, ...]] = {
     "dual_lgi": (LGI,),
 }
 
+# Every pretraining reads the unlabelled pool only, as the paper's MAE (VoxCeleb2 + AffectNet). params.yaml's
+# own pool (data.pool.reader) where it sets one; else, on the embedded data, the generator's pool of the same
+# synthetic config (new identities, 1.5 per labelled one: 2,025 clips + 2,025 stills), rendered into
+# experiments/ and prepared beside copies of the labelled manifests, so that make repro (which fine-tunes from
+# scratch and never reads a pool) renders none. Fine-tuning runs never see these overrides.
+POOL = "pretrain.data=pool"
+POOL_DIR = EXPERIMENTS / "synthetic"  # the generator's output: the embedded data with its pool
+POOL_PREPARED = EXPERIMENTS / "prepared"
+EMBEDDED_POOL = ("synthetic.pool_identity_ratio=1.5", "data.pool.reader=synthetic_pool",
+                 f"data.pool.root={POOL_DIR / 'pool'}", f"data.prepared_dir={POOL_PREPARED}", POOL)
 
-EVIDENCE = ("final_loss", "baseline_loss", "mae_loss_on_probe_sample", "probe", "bf16")  # of pretrain's summary
+
+# of pretrain's summary
+EVIDENCE = ("data", "final_loss", "baseline_loss", "mae_loss_on_probe_sample", "probe", "bf16")
 
 FROM_PARAMS = "params"  # an arm that starts where params' finetune.init says ("pretrain": the dual-modal MAE)
 
@@ -116,7 +132,9 @@ ARM_BY_NAME = {arm.name: arm for arm in ARMS}
 # Named training budgets: overrides applied to every run.
 BUDGETS: dict[str, tuple[str, ...]] = {
     "default": (),  # params.yaml's epochs
-    "laptop": ("finetune.epochs=8",),  # make repro's fine-tune (8 epochs), fixed here if params.yaml changes
+    # make repro's fine-tune (8 epochs), fixed here if params.yaml changes; pretraining: 2 passes over the
+    # pool (2,025 clips: 504 steps of the dual MAE, 3x make repro's 4 epochs over the 336 labelled clips)
+    "laptop": ("finetune.epochs=8", "pretrain.epochs=2", "pretrain.warmup_epochs=0.5"),
     "short": ("pretrain.epochs=1", "pretrain.warmup_epochs=0.25", "finetune.epochs=4",
               "finetune.warmup_epochs=0.5"),  # a quick look: the numbers are not the study's
 }
@@ -161,6 +179,7 @@ class Plan:
     seeds: list[int]
     pretrainings: list[PretrainJob]
     runs: list[Run]
+    pool: tuple[str, ...] = ()  # the overrides that make the pretrainings read the pool (none: no pretraining)
 
 
 def seed_overrides(seed: int) -> list[str]:
@@ -182,6 +201,39 @@ def check_prepared(params: Params) -> None:
     if missing:
         raise GridError(f"prepared manifests missing ({', '.join(missing)}): run `dvc repro validate` "
                         f"(or `s4d generate && s4d prepare`) first")
+
+
+def pool_overrides(base: Params) -> tuple[str, ...]:
+    """The overrides that make a pretraining read the unlabelled pool (see POOL)."""
+    if base.data.pool.reader != "none":
+        return (POOL,)
+    if base.data.dynamic.reader != "synthetic_video":
+        raise GridError(f"the pretraining arms read an unlabelled pool, and data.dynamic.reader is "
+                        f"{base.data.dynamic.reader}: set data.pool (reader and root) to yours and prepare it")
+    return EMBEDDED_POOL
+
+
+def prepare_pool(base: Params, params_file: str, common: list[str]) -> None:
+    """Render (generate: skipped when complete) and prepare the embedded pool for the pretraining arms, under
+    a lock (shards start together). The labelled manifests prepared beside it must be the base's, byte for
+    byte: the pretrainings' probes read them."""
+    from s4d.data.prepare import pool_manifests, prepare
+    from s4d.data.synthetic.generate import generate
+
+    params = load(params_file, [*common, *EMBEDDED_POOL])
+    source = POOL_PREPARED / "pool_source.json"  # the generator's meta of the pool last prepared
+    with file_lock(EXPERIMENTS / ".pool.lock"):
+        meta = generate(params.synthetic, root=POOL_DIR, workers=max(1, params.data.workers))
+        meta = json.loads(json.dumps(meta))  # as the stamp reads back
+        same = [(Path(base.data.prepared_dir) / name, POOL_PREPARED / name) for name in ("dynamic.csv", "static.csv")]
+        if read_json(source, None) != meta or not pool_manifests(POOL_PREPARED) or any(
+                not b.is_file() or a.read_bytes() != b.read_bytes() for a, b in same):
+            prepare(params)
+            write_json(source, meta)
+        for a, b in same:
+            if a.read_bytes() != b.read_bytes():
+                raise GridError(f"{b} (prepared with the pool) differs from {a}: run `dvc repro validate` "
+                                f"so that the embedded data match params.yaml, then the grid again")
 
 
 def data_fingerprint(params: Params) -> str:
@@ -229,6 +281,7 @@ def build_plan(params_file: str = "params.yaml", arms: list[str] | None = None, 
     base = load(params_file, common)
     check_prepared(base)
     data_key = data_fingerprint(base)
+    pool_key = None  # the pretrainings' data: the pool's manifests and the labelled ones
 
     pretrainings: dict[tuple[str, int], PretrainJob] = {}
     init_keys: dict[str, str] = {}  # a start checkpoint is hashed once, not once per run
@@ -243,11 +296,14 @@ def build_plan(params_file: str = "params.yaml", arms: list[str] | None = None, 
                 kind = "dual" if base.finetune.init == "pretrain" else None
             if kind is not None:
                 if (kind, seed) not in pretrainings:
-                    pre_ovr = [*common, *PRETRAINING[kind], f"pretrain.seed={seed}"]
+                    pre_ovr = [*common, *pool_overrides(base), *PRETRAINING[kind], f"pretrain.seed={seed}"]
                     pre_params = load(params_file, pre_ovr)
+                    # the labelled data (the base's) and the pool's manifests: a pool not prepared yet counts as
+                    # absent, one prepared from other labelled data is redone (prepare_pool)
+                    pool_key = pool_key or f"{data_key}+{data_fingerprint(pre_params)}"
                     pretrainings[kind, seed] = PretrainJob(
                         kind, seed, pre_ovr, pre_params, PRETRAIN_DIR / kind / f"seed{seed}",
-                        pretrain_key(pre_params, data_key))
+                        pretrain_key(pre_params, pool_key))
                 job = pretrainings[kind, seed]
                 ovr.append(f"finetune.init={job.dir / 'model.pt'}")
             try:
@@ -268,8 +324,9 @@ def build_plan(params_file: str = "params.yaml", arms: list[str] | None = None, 
     needed = {id(r.same_as) for r in runs if r.requested and r.same_as is not None}
     runs = [r for r in runs if r.requested or id(r) in needed]
     used = {id(r.pretrain) for r in runs if r.pretrain is not None and r.same_as is None}
-    return Plan(params_file, budget, common, list(range(seeds)),
-                [j for j in pretrainings.values() if id(j) in used], runs)
+    used_jobs = [j for j in pretrainings.values() if id(j) in used]
+    return Plan(params_file, budget, common, list(range(seeds)), used_jobs, runs,
+                pool_overrides(base) if used_jobs else ())
 
 
 # ---------------------------------------------------------------------------------------------- cache
@@ -501,6 +558,9 @@ def main(argv: list[str] | None = None) -> int:
         print(describe(plan))
         return 0
     try:
+        if plan.pool == EMBEDDED_POOL and not all(map(pretrain_cached, plan.pretrainings)):
+            prepare_pool(load(args.params, plan.common), args.params, plan.common)
+            plan = build_plan(args.params, args.arms, args.seeds, args.budget, args.overrides)  # keyed with the pool
         execute(plan, shard=shard)
     except JobFailed as e:  # the stage has said why; 143: stopped by a signal, resumable by the same command
         message, code = e.args

@@ -200,6 +200,13 @@ def judge(arms: dict[str, list[dict]]) -> list[dict]:
     return out
 
 
+def data_text(data: dict | None) -> str:
+    """What an MAE trained on, from its summary's `data` (records made before it was written: unknown)."""
+    if not data:
+        return "not recorded"
+    return f"{data['read']}: {data['videos']:,} clips, {data['images']:,} stills"
+
+
 def evidence_table(arms: dict[str, list[dict]]) -> dict:
     """Per arm fine-tuned from a pretraining of the grid: that MAE's learning evidence (its final loss beside
     the per-position-mean baseline, and linear-probe val UAR of its encoder vs the random encoder it started
@@ -209,7 +216,8 @@ def evidence_table(arms: dict[str, list[dict]]) -> dict:
         found = [r["pretrain"] for r in records if (r.get("pretrain") or {}).get("evidence")]
         if not found:
             continue
-        row: dict = {"kind": found[0]["kind"], "n": len(found)}
+        seen = {data_text(f["evidence"].get("data")) for f in found}
+        row: dict = {"kind": found[0]["kind"], "n": len(found), "data": "; ".join(sorted(seen))}
         for modality in ("video", "image"):
             evidence = [f["evidence"] for f in found if modality in f["evidence"].get("final_loss", {})]
             if evidence:
@@ -511,9 +519,10 @@ def evidence_lines(table: dict) -> list[str]:
     lines = ["The MAE each arm was fine-tuned from (s4d.train.pretrain's learning evidence), mean ± std over "
              "seeds: its final training loss beside the loss of a per-position-mean guess that ignores the input "
              "(lower than the baseline = it uses the visible patches), and the val UAR in % of a linear probe on "
-             "its frozen encoder beside the same probe on the random encoder it started from.", "",
-             "| arm | pretraining | n | modality | MAE loss | baseline loss | probe UAR pretrained | "
-             "probe UAR random init |", "|---|---|---|---|---|---|---|---|"]
+             "its frozen encoder beside the same probe on the random encoder it started from. Data: what the MAE "
+             "read (pretrain.data) and its training samples.", "",
+             "| arm | pretraining | data | n | modality | MAE loss | baseline loss | probe UAR pretrained | "
+             "probe UAR random init |", "|---|---|---|---|---|---|---|---|---|"]
 
     def loss(stats: dict) -> str:
         return "-" if stats["mean"] is None else f"{stats['mean']:.3f} ± {stats['std']:.3f}"
@@ -522,7 +531,8 @@ def evidence_lines(table: dict) -> list[str]:
         for modality in ("video", "image"):
             if modality in row:
                 m = row[modality]
-                lines.append(f"| {name} | {row['kind']} | {row['n']} | {modality} | {loss(m['mae_loss'])} | "
+                lines.append(f"| {name} | {row['kind']} | {row['data']} | {row['n']} | {modality} | "
+                             f"{loss(m['mae_loss'])} | "
                              f"{loss(m['baseline_loss'])} | {cell(m['probe_pretrained'])} | "
                              f"{cell(m['probe_random'])} |")
     return lines

@@ -2,6 +2,7 @@
 
 `stage_inputs(params, stage)` lists, as flat `key: value` pairs named like params.yaml keys:
   - settings: the params sections the stage reads (SECTIONS), minus the performance knobs (KNOBS);
+    `precision: auto` with the choice the machine makes (bf16 or fp32);
   - data: the prepared manifests (their bytes) and the name and size of every sample file they list (each
     frame of a frame folder; training stages: of the train and val rows only, test samples are never read;
     the unlabelled pool's manifests where pretraining reads them). Sizes, not modification times: the same
@@ -74,15 +75,27 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def reads_pool(params: Params, stage: str) -> bool:
+    """Only pretraining reads the unlabelled pool, and only when pretrain.data says so."""
+    return stage == "pretrain" and params.pretrain.data != "labelled"
+
+
 def settings(params: Params, stage: str) -> dict[str, Any]:
     """The stage's params sections, flat, without the knobs. The model is named as params.yaml names it
-    (`models.<profile>.*`), with the profile itself."""
+    (`models.<profile>.*`), with the profile itself. `precision: auto` is keyed with the choice this machine makes
+    ("auto (bf16)" / "auto (fp32)"): the same params give bf16 numbers on one CPU and fp32 on another."""
     out: dict[str, Any] = {"profile": params.profile}
     for section in SECTIONS[stage]:
         name = f"models.{params.profile}" if section == "model" else section
         # dataclasses.asdict: the plain values, ~100x faster than an OmegaConf round trip (grids call this often)
         out |= {f"{name}.{k}": v for k, v in flatten(dataclasses.asdict(getattr(params, section))).items()}
-    return {k: v for k, v in out.items() if k not in KNOBS}
+    out = {k: v for k, v in out.items() if k not in KNOBS}
+    for key in ("pretrain.precision", "finetune.precision"):
+        if out.get(key) == "auto":
+            from s4d.train.distributed import use_bf16
+
+            out[key] = f"auto ({'bf16' if use_bf16('auto') else 'fp32'})"
+    return out
 
 
 def data_digest(params: Params, splits: tuple[str, ...] = ("train", "val", "test"), pool: bool | None = None) -> str:
@@ -97,7 +110,7 @@ def data_digest(params: Params, splits: tuple[str, ...] = ("train", "val", "test
     # The unlabelled pool's manifests count whole where pretraining reads them (pretrain.data pool or both;
     # `pool` None: decide by that); fine-tuning and evaluation never open them.
     if pool is None:
-        pool = params.pretrain.data != "labelled"
+        pool = reads_pool(params, "pretrain")
     for manifest in [prepared / "dynamic.csv", prepared / "static.csv", *(pool_manifests(prepared) if pool else [])]:
         if not manifest.is_file():
             h.update(f"{manifest.stem}: absent\n".encode())

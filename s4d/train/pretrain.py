@@ -326,7 +326,8 @@ def pretrain(params: Params, out_dir: Path = Path("artifacts/pretrain"), fresh: 
                                                                  "params": to_dict(params)})
     summary = {"steps": step, "epochs": cfg.epochs, "world_size": dist.world_size, "zero_stage": cfg.zero_stage,
                "bf16": bf16, "final_loss": last_losses(log_path), "seconds": round(time.time() - started, 1),
-               "steps_this_run": step - first_step}
+               "steps_this_run": step - first_step,
+               "data": {"read": cfg.data, "videos": len(videos), "images": len(images)}}  # what the MAE saw
     if dist.is_main:
         write_json(out_dir / "summary.json", summary)
         plot_losses(log_path, out_dir / "loss.png")
