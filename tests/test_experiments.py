@@ -477,3 +477,14 @@ def test_the_embedded_pool_is_rendered_and_prepared_for_the_pretrainings(tmp_pat
     stamp = written()
     prepare_pool(base, "params.yaml", plan.common)
     assert written() == stamp
+
+
+def test_pretraining_arms_on_other_data_need_a_pool_of_their_own(micro_project):
+    """Without data.pool, only the embedded data have a pool the grid can render: on another dataset the
+    pretraining arms are refused by name, while arms that need no pretraining plan as before."""
+    other = [o for o in MICRO_GRID if not o.startswith("data.pool")] + ["data.dynamic.reader=folder"]
+    with pytest.raises(GridError, match="arm pre_dual: .* data.dynamic.reader is folder: set data.pool"):
+        build_plan(arms=["pre_dual"], seeds=1, overrides=other)
+    scratch = [o for o in other if not o.startswith("finetune.init")] + ["finetune.init=scratch"]
+    plan = build_plan(arms=["pre_none"], seeds=1, overrides=scratch)
+    assert plan.pretrainings == [] and plan.pool == ()

@@ -138,7 +138,7 @@ BUDGETS: dict[str, tuple[str, ...]] = {
     "short": ("pretrain.epochs=1", "pretrain.warmup_epochs=0.25", "finetune.epochs=4",
               "finetune.warmup_epochs=0.5"),  # a quick look: the numbers are not the study's
 }
-DEFAULT_SEEDS = 5  # the design of docs/synthetic.md; measured seed noise: 5 seeds resolve ~3.4 points, not 2
+DEFAULT_SEEDS = 5  # the design of docs/synthetic.md; measured seed noise: 5 seeds resolve ~3.2 points, not 2
 
 
 class GridError(ValueError):
@@ -282,6 +282,10 @@ def build_plan(params_file: str = "params.yaml", arms: list[str] | None = None, 
     check_prepared(base)
     data_key = data_fingerprint(base)
     pool_key = None  # the pretrainings' data: the pool's manifests and the labelled ones
+    try:
+        pool: tuple[str, ...] | None = pool_overrides(base)
+    except GridError as e:  # no pool for these data: an error only if a requested arm pretrains
+        pool, no_pool = None, e
 
     pretrainings: dict[tuple[str, int], PretrainJob] = {}
     init_keys: dict[str, str] = {}  # a start checkpoint is hashed once, not once per run
@@ -294,9 +298,13 @@ def build_plan(params_file: str = "params.yaml", arms: list[str] | None = None, 
             kind = arm.pretrain
             if kind == FROM_PARAMS:
                 kind = "dual" if base.finetune.init == "pretrain" else None
+            if kind is not None and pool is None:
+                if arm.name in requested:
+                    raise GridError(f"arm {arm.name}: {no_pool}")
+                continue
             if kind is not None:
                 if (kind, seed) not in pretrainings:
-                    pre_ovr = [*common, *pool_overrides(base), *PRETRAINING[kind], f"pretrain.seed={seed}"]
+                    pre_ovr = [*common, *pool, *PRETRAINING[kind], f"pretrain.seed={seed}"]
                     pre_params = load(params_file, pre_ovr)
                     # the labelled data (the base's) and the pool's manifests: a pool not prepared yet counts as
                     # absent, one prepared from other labelled data is redone (prepare_pool)
@@ -325,8 +333,7 @@ def build_plan(params_file: str = "params.yaml", arms: list[str] | None = None, 
     runs = [r for r in runs if r.requested or id(r) in needed]
     used = {id(r.pretrain) for r in runs if r.pretrain is not None and r.same_as is None}
     used_jobs = [j for j in pretrainings.values() if id(j) in used]
-    return Plan(params_file, budget, common, list(range(seeds)), used_jobs, runs,
-                pool_overrides(base) if used_jobs else ())
+    return Plan(params_file, budget, common, list(range(seeds)), used_jobs, runs, pool if used_jobs else ())
 
 
 # ---------------------------------------------------------------------------------------------- cache
