@@ -75,11 +75,6 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def reads_pool(params: Params, stage: str) -> bool:
-    """Only pretraining reads the unlabelled pool, and only when pretrain.data says so."""
-    return stage == "pretrain" and params.pretrain.data != "labelled"
-
-
 def settings(params: Params, stage: str) -> dict[str, Any]:
     """The stage's params sections, flat, without the knobs. The model is named as params.yaml names it
     (`models.<profile>.*`), with the profile itself. `precision: auto` is keyed with the choice this machine makes
@@ -110,7 +105,7 @@ def data_digest(params: Params, splits: tuple[str, ...] = ("train", "val", "test
     # The unlabelled pool's manifests count whole where pretraining reads them (pretrain.data pool or both;
     # `pool` None: decide by that); fine-tuning and evaluation never open them.
     if pool is None:
-        pool = reads_pool(params, "pretrain")
+        pool = params.pretrain.data != "labelled"
     for manifest in [prepared / "dynamic.csv", prepared / "static.csv", *(pool_manifests(prepared) if pool else [])]:
         if not manifest.is_file():
             h.update(f"{manifest.stem}: absent\n".encode())
