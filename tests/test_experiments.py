@@ -107,6 +107,8 @@ def test_grid_writes_one_record_per_arm_and_seed(project):
             assert evidence["data"] == {"read": "pool", "videos": POOL_CLIPS, "images": POOL_STILLS}
             assert evidence["baseline_loss"] == summary["baseline_loss"] and set(evidence["final_loss"]) == \
                 {"video", "image"}
+            assert evidence["training_sample"] == summary["training_sample"] and set(summary["training_sample"]) == \
+                {"video", "image"}
             assert 0 <= r["dynamic"]["uar"] <= 1 and 0 <= r["dynamic"]["war"] <= 1
             assert set(r["dynamic"]["per_class_recall"]) == {"c0", "c1", "c2"}
         video, s4d = record(root, "pre_dual", seed), record(root, "ft_s4d", seed)
@@ -272,12 +274,16 @@ def test_report_table_matches_the_records(project, tmp_path, monkeypatch):
         for modality in ("video", "image"):
             probes = [s["probe"][modality]["pretrained"]["val_uar"] for s in pretrained]
             assert row[modality]["probe_pretrained"]["mean"] == pytest.approx(statistics.mean(probes))
+            sampled = [s["training_sample"][modality] for s in pretrained]
+            assert row[modality]["sample_mae_loss"]["mean"] == pytest.approx(statistics.mean(x["mae_loss"] for x in sampled))
+            assert row[modality]["sample_baseline_loss"]["std"] == pytest.approx(
+                statistics.stdev(x["baseline_loss"] for x in sampled))
             assert row[modality]["mae_loss"]["mean"] == pytest.approx(
-                statistics.mean(s["final_loss"][modality] for s in pretrained))
+                statistics.mean(s["mae_loss_on_probe_sample"][modality] for s in pretrained))
             assert row[modality]["baseline_loss"]["std"] == pytest.approx(
                 statistics.stdev(s["baseline_loss"][modality] for s in pretrained))
-            assert f"| {arm} | dual | {row['data']} | 2 | {modality} | {row[modality]['mae_loss']['mean']:.3f} ± " \
-                in readme
+            assert (f"| {arm} | dual | {row['data']} | 2 | {modality} | "
+                    f"{row[modality]['sample_mae_loss']['mean']:.3f} ± ") in readme
     assert summary["routing"]["seeds"] == [0, 1]
     routing = json.loads((root / record(root, "ft_s4d", 0)["routing"]).read_text())
     assert summary["routing"]["paths"][0]["top"] == routing["tasks"]["dynamic"]["top_paths"][:5]

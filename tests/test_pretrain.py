@@ -56,7 +56,14 @@ def test_pretraining_learns_and_writes_outputs(micro_project):
             assert 0.0 <= row["val_uar"] <= 1.0 and row["n_val"] > 0 and row["n_train"] > 0
         assert 0.0 < summary["baseline_loss"][modality] < 2.0
         assert summary["mae_loss_on_probe_sample"][modality] > 0.0
-        assert f"{modality}: MAE loss" in done.stdout and "per-position-mean baseline" in done.stdout
+        # the MAE and the input-ignoring guess on the same tokens of training rows, augmented as trained: half of
+        # the rows scored (at most probe_samples), the guess fitted on the others
+        sample = summary["training_sample"][modality]
+        rows = summary["data"]["videos" if modality == "video" else "images"]
+        assert sample["samples"] == min(128, rows // 2) and sample["fit_samples"] == min(rows - sample["samples"], 8 * 128)
+        assert 0.0 < sample["baseline_loss"] < 2.0 and 0.0 < sample["mae_loss"] < 2.0
+        assert f"{modality}: MAE loss" in done.stdout and f"for the per-position mean of {sample['fit_samples']} others" \
+            in done.stdout
     assert summary["probe_seconds"] >= 0.0
     log = losses(micro_project)
     assert [s for s, _, _ in log] == list(range(1, 25))
@@ -182,7 +189,10 @@ def test_evidence_line_of_a_video_only_mae_names_the_untrained_modality():
              "random_init": {"val_uar": 0.083, "val_accuracy": 0.083}}
     line = evidence_line({"probe": {"video": probe, "image": probe}, "final_loss": {"video": 0.8078},
                           "mae_loss_on_probe_sample": {"video": 0.7291, "image": 0.9759},
-                          "baseline_loss": {"video": 0.7042, "image": 0.9241}})
+                          "baseline_loss": {"video": 0.7042, "image": 0.9241},
+                          "training_sample": {"video": {"mae_loss": 0.8011, "baseline_loss": 0.8104, "samples": 128,
+                                                        "fit_samples": 1024}}})
     video, image = line.splitlines()
-    assert video.startswith("video: MAE loss 0.8078 (last steps), 0.7291 on the probe sample")
-    assert image.startswith("image: no MAE training steps, 0.9759 on the probe sample") and "nan" not in line
+    assert video.startswith("video: MAE loss 0.8078 (last steps); on 128 training samples augmented as trained 0.8011 "
+                            "vs 0.8104 for the per-position mean of 1024 others; 0.7291 on the probe sample")
+    assert image.startswith("image: no MAE training steps; 0.9759 on the probe sample") and "nan" not in line

@@ -36,8 +36,11 @@ def test_position_mean_baseline_is_the_per_position_variance():
     baseline.update(torch.tensor([[[3.0, 0.0], [4.0, 6.0]]]))  # sample B, in a second batch
     # position 0: values (1, 3) -> var 1, (0, 0) -> 0; position 1: (4, 4) -> 0, (2, 6) -> 4
     assert torch.allclose(baseline.variance(), torch.tensor([[1.0, 0.0], [0.0, 4.0]], dtype=torch.float64))
+    assert torch.allclose(baseline.mean(), torch.tensor([[2.0, 0.0], [4.0, 4.0]], dtype=torch.float64))
     with pytest.raises(ValueError, match="at least one update"):
         PositionMean().variance()
+    with pytest.raises(ValueError, match="at least one update"):
+        PositionMean().mean()
 
 
 def test_probe_scores_separable_features_and_reports_chance_for_noise():

@@ -94,7 +94,7 @@ EMBEDDED_POOL = ("synthetic.pool_identity_ratio=1.5", "data.pool.reader=syntheti
 
 
 # of pretrain's summary
-EVIDENCE = ("data", "final_loss", "baseline_loss", "mae_loss_on_probe_sample", "probe", "bf16")
+EVIDENCE = ("data", "final_loss", "training_sample", "baseline_loss", "mae_loss_on_probe_sample", "probe", "bf16")
 
 FROM_PARAMS = "params"  # an arm that starts where params' finetune.init says ("pretrain": the dual-modal MAE)
 

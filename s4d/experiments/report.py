@@ -208,9 +208,10 @@ def data_text(data: dict | None) -> str:
 
 
 def evidence_table(arms: dict[str, list[dict]]) -> dict:
-    """Per arm fine-tuned from a pretraining of the grid: that MAE's learning evidence (its final loss beside
-    the per-position-mean baseline, and linear-probe val UAR of its encoder vs the random encoder it started
-    from), mean/std over the seeds, per modality the pretraining saw."""
+    """Per arm fine-tuned from a pretraining of the grid: that MAE's learning evidence (its loss beside the
+    per-position-mean guess's on the same tokens, on a training sample augmented as trained and on the probe
+    sample without augmentation, and linear-probe val UAR of its encoder vs the random encoder it started
+    from), mean/std over the seeds, per modality the pretraining trained on."""
     table = {}
     for name, records in arms.items():
         found = [r["pretrain"] for r in records if (r.get("pretrain") or {}).get("evidence")]
@@ -222,8 +223,13 @@ def evidence_table(arms: dict[str, list[dict]]) -> dict:
             evidence = [f["evidence"] for f in found if modality in f["evidence"].get("final_loss", {})]
             if evidence:
                 probe = [e["probe"][modality] for e in evidence if modality in e.get("probe", {})]
+                sampled = [e["training_sample"][modality] for e in evidence
+                           if modality in e.get("training_sample", {})]
                 row[modality] = {
-                    "mae_loss": mean_std(e["final_loss"][modality] for e in evidence),
+                    "sample_mae_loss": mean_std(x["mae_loss"] for x in sampled),
+                    "sample_baseline_loss": mean_std(x["baseline_loss"] for x in sampled),
+                    "mae_loss": mean_std(e["mae_loss_on_probe_sample"][modality] for e in evidence
+                                         if modality in e.get("mae_loss_on_probe_sample", {})),
                     "baseline_loss": mean_std(e["baseline_loss"][modality] for e in evidence
                                               if modality in e.get("baseline_loss", {})),
                     "probe_pretrained": mean_std(x["pretrained"]["val_uar"] for x in probe),
@@ -517,12 +523,16 @@ def evidence_lines(table: dict) -> list[str]:
         return ["No arm here was fine-tuned from a pretraining of the grid (with `finetune.init: scratch` only the "
                 "pretraining study's arms are)."]
     lines = ["The MAE each arm was fine-tuned from (s4d.train.pretrain's learning evidence), mean ± std over "
-             "seeds: its final training loss beside the loss of a per-position-mean guess that ignores the input "
-             "(lower than the baseline = it uses the visible patches), and the val UAR in % of a linear probe on "
-             "its frozen encoder beside the same probe on the random encoder it started from. Data: what the MAE "
-             "read (pretrain.data) and its training samples.", "",
-             "| arm | pretraining | data | n | modality | MAE loss | baseline loss | probe UAR pretrained | "
-             "probe UAR random init |", "|---|---|---|---|---|---|---|---|---|"]
+             "seeds. Training sample: the MAE's loss on the masked tokens of up to 128 of its training clips or "
+             "stills, augmented as in training, beside the loss of a guess that ignores the input (the mean target "
+             "at each position over up to 1,024 other training samples, augmented the same way) on the same "
+             "tokens: lower than the guess = it uses the visible patches. Probe sample: the same pair on 128 "
+             "labelled train samples without augmentation (a stricter test: the guess is then fitted on the "
+             "centred crops it is scored on). Probe UAR: val UAR in % of a linear probe on the frozen encoder "
+             "beside the same probe on the random encoder it started from. Data: what the MAE read "
+             "(pretrain.data) and its training samples.", "",
+             "| arm | pretraining | data | n | modality | training sample: MAE | guess | probe sample: MAE | guess | "
+             "probe UAR pretrained | probe UAR random init |", "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def loss(stats: dict) -> str:
         return "-" if stats["mean"] is None else f"{stats['mean']:.3f} ± {stats['std']:.3f}"
@@ -532,6 +542,7 @@ def evidence_lines(table: dict) -> list[str]:
             if modality in row:
                 m = row[modality]
                 lines.append(f"| {name} | {row['kind']} | {row['data']} | {row['n']} | {modality} | "
+                             f"{loss(m['sample_mae_loss'])} | {loss(m['sample_baseline_loss'])} | "
                              f"{loss(m['mae_loss'])} | "
                              f"{loss(m['baseline_loss'])} | {cell(m['probe_pretrained'])} | "
                              f"{cell(m['probe_random'])} |")

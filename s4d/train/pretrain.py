@@ -10,8 +10,9 @@ command resumes from it.
 
 After training, rank 0 checks that the MAE learned something about its input and writes it into
 summary.json and stdout beside the final loss: a ridge probe on frozen pooled features (val accuracy and
-UAR) of the pretrained encoder and of the random one it started from, and the per-position-mean baseline
-loss with the MAE's own loss on the same sample (`pretrain.probe_samples`; 0 turns it off).
+UAR) of the pretrained encoder and of the random one it started from, and the MAE's loss beside the loss of
+a guess that ignores the input (the per-position mean target) on the same masked tokens of a training sample
+augmented as trained (`pretrain.probe_samples`; 0 turns it off).
 
 Each step is a video step or an image step (`image_step_share`), in an order drawn from (seed, epoch).
 The masks and the samples of a step are drawn from (seed, step) for the GLOBAL batch and each rank takes
@@ -335,7 +336,8 @@ def pretrain(params: Params, out_dir: Path = Path("artifacts/pretrain"), fresh: 
     # After the last collective: rank 0 alone runs the probe, so no rank waits on it inside a timeout.
     if dist.is_main and cfg.probe_samples:
         tick = time.time()
-        summary.update(learning_evidence(params, export.cpu().eval(), dist.device))
+        trained = {"video": videos if video_steps else None, "image": images if image_steps else None}
+        summary.update(learning_evidence(params, export.cpu().eval(), dist.device, trained))
         summary["probe_seconds"] = round(time.time() - tick, 1)
         write_json(out_dir / "summary.json", summary)
         print(evidence_line(summary), flush=True)
@@ -368,11 +370,63 @@ def probe_rows(params: Params) -> dict[str, tuple]:
     return out
 
 
-def learning_evidence(params: Params, mae: MaskedAutoencoder, device: torch.device) -> dict:
+# The training-sample comparison: the guess is fitted on up to FIT_SAMPLES x probe_samples training rows (its
+# own estimation error, ~1/n of the loss, stays below the margins it is compared at), augmented in a pass
+# that no training epoch draws.
+FIT_SAMPLES = 8
+EVIDENCE_EPOCH = 10 ** 6
+
+
+def training_sample_losses(params: Params, mae: MaskedAutoencoder, device: torch.device, rows: pd.DataFrame,
+                           modality: str) -> dict:
+    """The MAE's loss and the per-position-mean guess's loss on the same masked tokens of a sample of the rows
+    the MAE trained on, augmented as in training (eval mode, masks drawn from pretrain.seed). The guess is the
+    mean target per position over other training rows, augmented the same way: the input-ignoring predictor
+    of the MAE's own task. (Fitted on un-augmented crops it would predict another distribution: the centred
+    faces' mean is sharper than the random crops' the MAE learns, so the two are not comparable.)"""
+    cfg, model_cfg = params.pretrain, params.model
+    video = modality == "video"
+    ratio, tube = (cfg.video_mask_ratio, cfg.tube_masking) if video else (cfg.image_mask_ratio, False)
+    shuffled = rows.sample(frac=1.0, random_state=cfg.seed)
+    n = min(cfg.probe_samples, len(rows) // 2)
+    held, fit = shuffled.iloc[:n], shuffled.iloc[n:n + FIT_SAMPLES * cfg.probe_samples]
+    folders = (*dataset_folders(params.data), params.data.pool.root)
+
+    def batches(part: pd.DataFrame) -> DataLoader:
+        size = model_cfg.img_size
+        dataset = (ClipDataset(part, ".", size, model_cfg.num_frames, params.data.frame_stride, PRETRAIN_AUGMENT,
+                               seed=cfg.seed, allowed=folders) if video
+                   else ImageDataset(part, ".", size, PRETRAIN_AUGMENT, seed=cfg.seed, allowed=folders))
+        dataset.set_epoch(EVIDENCE_EPOCH)
+        return DataLoader(dataset, batch_size=32, num_workers=params.data.workers)
+
+    position_mean = PositionMean()
+    with torch.no_grad():
+        for x, _ in batches(fit):
+            position_mean.update(mae.targets(x.to(device)).cpu())
+        guess = position_mean.mean()
+        generator = torch.Generator().manual_seed(cfg.seed)
+        mae_total = guess_total = 0.0
+        for x, _ in batches(held):
+            x = x.to(device)
+            noise = torch.rand(mae.noise_shape(x, tube), generator=generator)
+            out = mae(x, ratio, tube, noise)
+            masked = out.mask.cpu().nonzero()[:, 1].view(len(x), -1)  # the scored tokens, in token order
+            error = (guess[masked] - out.target.cpu().double()).pow(2)
+            mae_total += out.loss.item() * len(x)
+            guess_total += float(mae.score(error, video)) * len(x)
+    return {"mae_loss": round(mae_total / n, 5), "baseline_loss": round(guess_total / n, 5), "samples": n,
+            "fit_samples": position_mean.n}
+
+
+def learning_evidence(params: Params, mae: MaskedAutoencoder, device: torch.device,
+                      trained: dict[str, pd.DataFrame | None] | None = None) -> dict:
     """Linear probes (s4d.train.probe) on val of the pretrained encoder and of the random encoder it started
-    from, per modality, plus the per-position-mean baseline loss and the MAE's own loss (eval mode, masks
-    drawn from pretrain.seed) on the same train sample, without augmentation: a loss at the baseline means
-    the MAE predicts a fixed guess that ignores the input."""
+    from, per modality; the MAE's loss beside the per-position-mean guess's on the same masked tokens of a
+    training sample augmented as trained (`training_sample`, per modality in `trained`: the rows the MAE
+    trained on): a loss not below the guess's means the MAE ignores its input; and both on the probe's train
+    sample without augmentation (eval mode, masks drawn from pretrain.seed), a stricter test: the guess is
+    then fitted on the centred crops it is scored on, the MAE on random crops."""
     cfg, model_cfg = params.pretrain, params.model
     torch.manual_seed(cfg.seed)
     start = build_mae(params).encoder.eval().to(device)  # the initial weights of this run (same seed)
@@ -380,7 +434,10 @@ def learning_evidence(params: Params, mae: MaskedAutoencoder, device: torch.devi
     folders = dataset_folders(params.data)
     size, frames, stride = model_cfg.img_size, model_cfg.num_frames, params.data.frame_stride
     generator = torch.Generator().manual_seed(cfg.seed)
-    evidence: dict = {"probe": {}, "baseline_loss": {}, "mae_loss_on_probe_sample": {}}
+    evidence: dict = {"probe": {}, "baseline_loss": {}, "mae_loss_on_probe_sample": {}, "training_sample": {}}
+    for modality, rows in (trained or {}).items():
+        if rows is not None and len(rows) >= 2:
+            evidence["training_sample"][modality] = training_sample_losses(params, mae, device, rows, modality)
     for modality, (train, val) in probe_rows(params).items():
         classes = int(max(train["label"].max(), val["label"].max())) + 1
         ratio = cfg.video_mask_ratio if modality == "video" else cfg.image_mask_ratio
@@ -420,10 +477,14 @@ def evidence_line(summary: dict) -> str:
     for modality, probes in summary.get("probe", {}).items():
         final = summary["final_loss"].get(modality)  # None: no training step on this modality (video-only MAE)
         trained = f"MAE loss {final:.4f} (last steps)" if final is not None else "no MAE training steps"
+        sample = summary.get("training_sample", {}).get(modality)
+        if sample:
+            trained += (f"; on {sample['samples']} training samples augmented as trained {sample['mae_loss']:.4f} vs "
+                        f"{sample['baseline_loss']:.4f} for the per-position mean of {sample['fit_samples']} others")
         lines.append(
-            f"{modality}: {trained}, "
-            f"{summary['mae_loss_on_probe_sample'][modality]:.4f} on the probe sample; per-position-mean "
-            f"baseline {summary['baseline_loss'][modality]:.4f}; linear probe val UAR "
+            f"{modality}: {trained}; "
+            f"{summary['mae_loss_on_probe_sample'][modality]:.4f} on the probe sample without augmentation vs "
+            f"{summary['baseline_loss'][modality]:.4f} for its per-position mean; linear probe val UAR "
             f"{probes['pretrained']['val_uar']:.3f} pretrained vs {probes['random_init']['val_uar']:.3f} random "
             f"init (accuracy {probes['pretrained']['val_accuracy']:.3f} vs "
             f"{probes['random_init']['val_accuracy']:.3f})")

@@ -5,7 +5,8 @@ a guess that ignores the input.
   standardised features), a linear probe without an iterative solver;
 - `pooled_features`: the frozen encoder on every token (no mask), mean-pooled over tokens;
 - `PositionMean`: the per-position-mean baseline, the squared error of predicting for every token the mean
-  target at its position over a sample of training data (a loss reachable without looking at the input);
+  target at its position over a sample of training data (a loss reachable without looking at the input); the
+  guess must be fitted on the distribution it is scored on (augmented as the MAE trained, or not at all);
 - `probe`: fit on train features, score val accuracy (WAR) and UAR.
 Pure functions of tensors: the pretraining stage decides what data to feed them.
 """
@@ -83,6 +84,12 @@ class PositionMean:
         self.n += t.shape[0]
         self.sum += t.sum(dim=0)
         self.sum_sq += t.pow(2).sum(dim=0)
+
+    def mean(self) -> torch.Tensor:
+        """(N, P) the guess: the mean target at each position."""
+        if not self.n:
+            raise ValueError("PositionMean needs at least one update")
+        return self.sum / self.n
 
     def variance(self) -> torch.Tensor:
         if not self.n:
