@@ -113,7 +113,10 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(0)
 
     def batches(dataset: ClipDataset, batch: int) -> DataLoader:
-        order = rng.permutation(len(dataset))[: args.steps * batch].reshape(args.steps, batch)
+        # as many shuffled passes as the call needs (16 steps of 32 clips outnumber the 336 train clips)
+        passes = -(-args.steps * batch // len(dataset))
+        order = np.concatenate([rng.permutation(len(dataset)) for _ in range(passes)])
+        order = order[: args.steps * batch].reshape(args.steps, batch)
         return DataLoader(dataset, batch_sampler=order.tolist(), num_workers=data.workers)
 
     fixed_pt = next(iter(DataLoader(pt_set, batch_size=pt.batch_size)))[0]

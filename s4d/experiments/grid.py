@@ -133,8 +133,9 @@ ARM_BY_NAME = {arm.name: arm for arm in ARMS}
 BUDGETS: dict[str, tuple[str, ...]] = {
     "default": (),  # params.yaml's epochs
     # make repro's fine-tune (8 epochs), fixed here if params.yaml changes; pretraining: 2 passes over the
-    # pool (2,025 clips: 504 steps of the dual MAE, 3x make repro's 4 epochs over the 336 labelled clips)
-    "laptop": ("finetune.epochs=8", "pretrain.epochs=2", "pretrain.warmup_epochs=0.5"),
+    # pool (2,025 clips: 504 steps of the dual MAE at batch 16, the batch the study was run with, 3x make
+    # repro's MAE steps at the time)
+    "laptop": ("finetune.epochs=8", "pretrain.epochs=2", "pretrain.warmup_epochs=0.5", "pretrain.batch_size=16"),
     "short": ("pretrain.epochs=1", "pretrain.warmup_epochs=0.25", "finetune.epochs=4",
               "finetune.warmup_epochs=0.5"),  # a quick look: the numbers are not the study's
 }
