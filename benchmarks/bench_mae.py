@@ -40,13 +40,24 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def at_least(low: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below {low}")
+        return value
+    parse.__name__ = "int"  # argparse's message: invalid int value
+    return parse
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--steps", type=int, default=16,
+    parser.add_argument("--steps", type=at_least(1), default=16,
                         help="steps per timed call (one loader iterator; the stage makes one per epoch, ~21 video steps "
                              "on the embedded data, so its workers start about that rarely)")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=at_least(2), default=7,
+                        help="timed rounds (the first is a warm-up; 2 or more)")
     parser.add_argument("--name", default="mae", help="results file benchmarks/results/<name>.json")
     parser.add_argument("overrides", nargs="*", help="params overrides key=value")
     args = parser.parse_args(argv)

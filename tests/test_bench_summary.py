@@ -195,3 +195,15 @@ def test_failing_modules_are_recorded_and_exit_nonzero(dirs, monkeypatch, capsys
     assert p50["value"] is not None and "bench_absent_a failed in this run" in p50["note"]  # earlier value, flagged
     out = capsys.readouterr().out
     assert "bench_absent_a: FAILED (exit 1)" in out and "bench_absent_b: FAILED (exit 1)" in out
+
+
+@pytest.mark.parametrize("args, message", [(["--steps", "0"], "--steps: 0 is below 1"),
+                                           (["--rounds", "1"], "--rounds: 1 is below 2"),
+                                           (["--steps", "x"], "invalid int value: 'x'")])
+def test_bench_mae_rejects_counts_it_cannot_time(args, message, capsys):
+    from benchmarks import bench_mae
+
+    with pytest.raises(SystemExit) as exit_info:
+        bench_mae.main(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
