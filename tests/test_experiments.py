@@ -220,6 +220,7 @@ def test_two_shard_processes_make_the_shared_pretraining_once(tmp_path):
     """Two real shard processes at once: pre_dual (video-only) and ft_s4d (joint) go to different shards,
     both need the dual pretraining of seed 0; one makes it, the other waits on the lock and reuses it."""
     write_micro_dataset(tmp_path)
+    write_micro_pool(tmp_path)  # the pretrainings read only the pool
     env = {**os.environ, "PYTHONPATH": str(ROOT), **ENV}
     procs = [subprocess.Popen([sys.executable, "-m", "s4d.experiments.grid", "--arms", *ARMS, "--seeds", "1",
                                "--shard", f"{k}/2", *MICRO_GRID], cwd=tmp_path, env=env, text=True,
